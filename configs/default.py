@@ -1,0 +1,48 @@
+"""The embedded default: DCGAN on 5,000 MNIST digits at 32x32, offline, on CPU.
+
+Every preset imports this file and overrides fields; any field can be set from
+the command line, e.g. `--config.batch_size=128`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = "embedded"  # 'embedded', 'imagefolder' or 'tfds:<name>' (e.g. 'tfds:celeb_a')
+  config.data_dir = ""  # imagefolder: the folder of images; tfds: the data dir ('' = default)
+  config.split = "train"  # tfds split
+  config.image_size = 32  # 32, 64 or 128
+  config.channels = 1  # 1 (grayscale) or 3 (RGB); images are converted to this
+
+  # Models: the PyTorch DCGAN tutorial's topology.
+  config.nz = 100  # latent size
+  config.ngf = 32  # generator width (the widest layer is ngf * image_size / 8)
+  config.ndf = 32  # discriminator width
+  config.upconv_impl = "auto"  # transposed conv form: 'auto', 'xla' or 'phase' (same maths)
+
+  # Optimisation: Adam for both networks, as in the paper.
+  config.batch_size = 64
+  config.num_train_steps = 3000  # iterations (D step + G step); -1: use num_epochs
+  config.num_epochs = -1.0  # used when num_train_steps is -1
+  config.g_learning_rate = 2e-4
+  config.d_learning_rate = 2e-4
+  config.adam_b1 = 0.5
+  config.adam_b2 = 0.999
+  config.adam_eps = 1e-8
+  config.label_smoothing = 0.0  # one-sided: D's real target is 1 - label_smoothing
+
+  # Reproducibility: fixes initialisation, noise, data order and the sample noise.
+  config.seed = 0
+
+  # Outputs in the workdir.
+  config.log_every_steps = 50  # a metrics.csv row (means over the interval)
+  config.checkpoint_every_steps = 500  # an Orbax checkpoint (and one at the end)
+  config.sample_every_steps = 500  # a fixed-noise sample grid (and one at the end)
+  config.num_sample_images = 64  # images in each sample grid
+  config.sample_bn_mode = "train"  # BatchNorm when sampling: 'train' (batch stats) or 'eval'
+  config.max_checkpoints_to_keep = 3  # older checkpoints are deleted; 0 keeps all
+
+  return config

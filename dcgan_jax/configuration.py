@@ -1,0 +1,51 @@
+"""Config checks (before anything is written) and quantities derived from a config."""
+
+import math
+
+from dcgan_jax import ops
+from dcgan_jax.errors import UsageError
+from dcgan_jax.models import SUPPORTED_IMAGE_SIZES
+
+
+def _require(ok: bool, field: str, value, why: str) -> None:
+  if not ok:
+    raise UsageError(f"config.{field}={value!r} {why}")
+
+
+def validate(config) -> None:
+  """Raises UsageError naming the first field whose value cannot work."""
+  c = config
+  _require(c.image_size in SUPPORTED_IMAGE_SIZES, "image_size", c.image_size,
+           f"is not supported; choose one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
+  _require(c.channels in (1, 3), "channels", c.channels, "must be 1 or 3")
+  ds = c.dataset
+  _require(ds in ("embedded", "imagefolder") or (ds.startswith("tfds:") and len(ds) > 5),
+           "dataset", ds, "is not 'embedded', 'imagefolder' or 'tfds:<name>'")
+  for field in ("batch_size", "nz", "ngf", "ndf", "log_every_steps",
+                "checkpoint_every_steps", "sample_every_steps", "num_sample_images"):
+    _require(c[field] > 0, field, c[field], "must be positive")
+  _require(c.num_train_steps > 0 or c.num_train_steps == -1, "num_train_steps",
+           c.num_train_steps, "must be positive, or -1 to use num_epochs")
+  if c.num_train_steps == -1:
+    _require(c.num_epochs > 0, "num_epochs", c.num_epochs,
+             "must be positive when num_train_steps is -1")
+  for field in ("g_learning_rate", "d_learning_rate", "adam_eps"):
+    _require(c[field] > 0, field, c[field], "must be positive")
+  for field in ("adam_b1", "adam_b2", "label_smoothing"):
+    _require(0.0 <= c[field] < 1.0, field, c[field], "must be in [0, 1)")
+  _require(c.upconv_impl in ops.UPCONV_IMPLS, "upconv_impl", c.upconv_impl,
+           f"is not one of {', '.join(ops.UPCONV_IMPLS)}")
+  _require(c.sample_bn_mode in ("train", "eval"), "sample_bn_mode", c.sample_bn_mode,
+           "is not 'train' or 'eval'")
+  _require(c.max_checkpoints_to_keep >= 0, "max_checkpoints_to_keep",
+           c.max_checkpoints_to_keep, "must be >= 0 (0 keeps all)")
+  if ds.startswith("tfds:"):
+    from dcgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    input_pipeline.check_tfds_name(ds[5:])
+
+
+def total_steps(config, num_images: int) -> int:
+  """num_train_steps, or num_epochs worth of full batches when it is -1."""
+  if config.num_train_steps != -1:
+    return config.num_train_steps
+  return max(1, math.ceil(config.num_epochs * (num_images // config.batch_size)))

@@ -1,0 +1,36 @@
+"""Image grids and PNG writing."""
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images_in_minus1_1: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> [0, 255] uint8, rounding to nearest."""
+  x = (np.asarray(images_in_minus1_1, np.float32) + 1.0) * 127.5
+  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def make_grid(images_NxHxWxC: np.ndarray, ncols: int | None = None, padding: int = 2,
+              pad_value: int = 0) -> np.ndarray:
+  """Tiles N images into one (rows*(H+p)+p, cols*(W+p)+p, C) image, row-major."""
+  n, h, w, c = images_NxHxWxC.shape
+  ncols = ncols or math.ceil(math.sqrt(n))
+  nrows = math.ceil(n / ncols)
+  grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, c),
+                 pad_value, images_NxHxWxC.dtype)
+  for i in range(n):
+    r, col = divmod(i, ncols)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = images_NxHxWxC[i]
+  return grid
+
+
+def save_png(path: str, image_HxWxC: np.ndarray) -> None:
+  """Writes a uint8 (H, W, 1 or 3) image, atomically (temp file, then rename)."""
+  image = image_HxWxC[..., 0] if image_HxWxC.shape[-1] == 1 else image_HxWxC
+  tmp = f"{path}.tmp"
+  Image.fromarray(image).save(tmp, format="PNG")
+  os.replace(tmp, path)

@@ -1,0 +1,174 @@
+"""The training state pytree and the pure, jittable D and G update steps.
+
+One iteration is `d_step` then `g_step`, as in the PyTorch tutorial. Both draw
+the same noise z (keyed by the step counter), so the G step sees exactly the
+fake batch the D step trained on.
+
+BatchNorm statistics:
+- D's running averages are updated by the D step's two forward passes, real
+  then fake, threaded in that order (PyTorch's in-place updates do the same).
+- G's running averages are updated once per iteration, by the G step.
+- Every training forward pass normalises with batch statistics. The G step runs
+  D in train mode too but keeps D's running averages as they were, so a D step
+  changes only D and a G step changes only G (the tutorial's G step would also
+  move D's running averages, which training itself never reads).
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from dcgan_jax import losses
+from dcgan_jax.models import Discriminator, Generator
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """All training state: both networks, both optimizers, the step and the RNG."""
+  step: jax.Array  # int32 scalar: completed iterations (D step + G step)
+  rng: jax.Array  # uint32[2] base key; the key of step s is fold_in(rng, s)
+  g_params: PyTree
+  g_batch_stats: PyTree
+  g_opt_state: PyTree
+  d_params: PyTree
+  d_batch_stats: PyTree
+  d_opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Adam:
+  """Adam's hyperparameters; equal settings hash equal, so jit caches are shared."""
+  learning_rate: float = 2e-4
+  b1: float = 0.5
+  b2: float = 0.999
+  eps: float = 1e-8
+
+  @property
+  def tx(self) -> optax.GradientTransformation:
+    return optax.adam(self.learning_rate, b1=self.b1, b2=self.b2, eps=self.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class GAN:
+  """The static parts of training (modules, optimizers, loss settings): a value,
+  hashable, passed to the jitted steps as a static argument."""
+  generator: Generator
+  discriminator: Discriminator
+  g_opt: Adam
+  d_opt: Adam
+  nz: int
+  batch_size: int
+  label_smoothing: float = 0.0
+
+
+def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
+  """Initialises both networks with DCGAN init and both optimizers' states."""
+  g_key, d_key, state_key = jax.random.split(rng, 3)
+  size = gan.generator.image_size
+  g_vars = gan.generator.init(g_key, jnp.zeros((2, gan.nz)), train=False)
+  d_vars = gan.discriminator.init(
+      d_key, jnp.zeros((2, size, size, gan.generator.channels)), train=False)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), rng=state_key,
+      g_params=g_vars["params"], g_batch_stats=g_vars["batch_stats"],
+      g_opt_state=gan.g_opt.tx.init(g_vars["params"]),
+      d_params=d_vars["params"], d_batch_stats=d_vars["batch_stats"],
+      d_opt_state=gan.d_opt.tx.init(d_vars["params"]))
+
+
+def init_train_state(gan: GAN, seed: int) -> TrainState:
+  """create_train_state compiled as one program (eager init compiles every op)."""
+  return jax.jit(create_train_state, static_argnums=0)(gan, jax.random.PRNGKey(seed))
+
+
+def abstract_train_state(gan: GAN) -> TrainState:
+  """The shapes and dtypes of a TrainState, computed without running anything."""
+  return jax.eval_shape(functools.partial(create_train_state, gan), jax.random.PRNGKey(0))
+
+
+def step_noise(gan: GAN, state: TrainState) -> jax.Array:
+  """The latent batch z (B, nz) of the current step, N(0, 1)."""
+  key = jax.random.fold_in(state.rng, state.step)
+  return jax.random.normal(key, (gan.batch_size, gan.nz))
+
+
+def to_float(images_u8: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1] (the tutorial's Normalize(0.5, 0.5))."""
+  return images_u8.astype(jnp.float32) / 127.5 - 1.0
+
+
+def _apply_train(module: nn.Module, params: PyTree, batch_stats: PyTree, x: jax.Array):
+  """Forward pass with batch statistics; returns (output, new batch_stats)."""
+  out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x,
+                              train=True, mutable=["batch_stats"])
+  return out, updates["batch_stats"]
+
+
+def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
+  """One discriminator update on a real uint8 batch and a fresh fake batch."""
+  real = to_float(images_u8)
+  fake, _ = _apply_train(gan.generator, state.g_params, state.g_batch_stats,
+                         step_noise(gan, state))
+  fake = jax.lax.stop_gradient(fake)
+
+  def loss_fn(d_params):
+    real_logits, stats = _apply_train(gan.discriminator, d_params, state.d_batch_stats, real)
+    fake_logits, stats = _apply_train(gan.discriminator, d_params, stats, fake)
+    loss = losses.discriminator_loss(real_logits, fake_logits, gan.label_smoothing)
+    return loss, (stats, real_logits, fake_logits)
+
+  (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.d_params)
+  updates, opt_state = gan.d_opt.tx.update(grads, state.d_opt_state, state.d_params)
+  new_state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                            d_batch_stats=stats, d_opt_state=opt_state)
+  metrics = {"loss_d": loss,
+             "d_x": jnp.mean(jax.nn.sigmoid(real_logits)),
+             "d_g_z1": jnp.mean(jax.nn.sigmoid(fake_logits))}
+  return new_state, metrics
+
+
+def g_step(gan: GAN, state: TrainState) -> tuple[TrainState, Metrics]:
+  """One generator update against the current D; advances the step counter."""
+  z = step_noise(gan, state)
+
+  def loss_fn(g_params):
+    fake, stats = _apply_train(gan.generator, g_params, state.g_batch_stats, z)
+    logits, _ = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
+    return losses.generator_loss(logits), (stats, logits)
+
+  (loss, (stats, logits)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.g_params)
+  updates, opt_state = gan.g_opt.tx.update(grads, state.g_opt_state, state.g_params)
+  new_state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
+                            g_batch_stats=stats, g_opt_state=opt_state,
+                            step=state.step + 1)
+  return new_state, {"loss_g": loss, "d_g_z2": jnp.mean(jax.nn.sigmoid(logits))}
+
+
+def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
+  """A full iteration, D step then G step, for one dispatch."""
+  state, d_metrics = d_step(gan, state, images_u8)
+  state, g_metrics = g_step(gan, state)
+  return state, {**d_metrics, **g_metrics}
+
+
+def generate(gan: GAN, state: TrainState, z_BxN: jax.Array, bn_mode: str = "train") -> jax.Array:
+  """Images in [-1, 1] from G; bn_mode 'train' uses the batch's statistics
+  (as the tutorial's samples do), 'eval' the running averages."""
+  if bn_mode not in ("train", "eval"):
+    raise ValueError(f"bn_mode {bn_mode!r} is not 'train' or 'eval'")
+  variables = {"params": state.g_params, "batch_stats": state.g_batch_stats}
+  if bn_mode == "train":
+    images, _ = gan.generator.apply(variables, z_BxN, train=True, mutable=["batch_stats"])
+    return images
+  return gan.generator.apply(variables, z_BxN, train=False)

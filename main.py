@@ -1,0 +1,93 @@
+"""Trains DCGAN, or samples from a trained one.
+
+  python main.py                                   # the embedded default (MNIST digits)
+  python main.py --config configs/celeba.py --workdir runs/celeba
+  python main.py --mode sample --workdir runs/celeba --num_images 16
+"""
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dcgan_jax.errors import UsageError
+
+FLAGS = flags.FLAGS
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file(
+      "config", _DEFAULT_CONFIG,
+      "Training config file; fields are overridden with --config.<field>=<value>.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", "workdir", "Where checkpoints, metrics and samples go.")
+  flags.DEFINE_enum("mode", "train", ["train", "sample"], "Train, or sample from workdir.")
+  flags.DEFINE_integer("sample_seed", 0, "sample mode: the seed of the latent noise.")
+  flags.DEFINE_integer("grid_size", 64, "sample mode: images in the grid.")
+  flags.DEFINE_integer("num_images", 0, "sample mode: also write this many single PNGs.")
+  flags.DEFINE_enum("bn_mode", None, ["train", "eval"],
+                    "sample mode: BatchNorm with batch statistics or running averages "
+                    "(default: the run's config.sample_bn_mode).")
+
+
+def _exit_with(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """One line for a bad flag, config file or config field."""
+  if isinstance(e, flags.Error):
+    return str(e).splitlines()[0]
+  if isinstance(e, OSError):
+    return f"--config: cannot load the config file ({str(e).splitlines()[-1].strip()})"
+  field = str(e).strip("\"'")
+  given = [a for a in argv if a.startswith("--config.") and field in a]
+  return (f"{given[0] if given else '--config'}: the config has no field {field!r} "
+          "(configs/default.py lists every field)")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with bad flags as one line on stderr and exit status 2."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.to_dict()  # loads the config file, which ml_collections does lazily
+    return rest
+  except (flags.Error, OSError, AttributeError, KeyError) as e:
+    _exit_with(_flag_error(e, argv))
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Keeps warnings from every library but INFO lines from this project only."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or "dcgan_jax" in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  from dcgan_jax import sampling, train  # pylint: disable=g-import-not-at-top
+
+  try:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      paths = sampling.sample_from_workdir(FLAGS.workdir, FLAGS.sample_seed, FLAGS.num_images,
+                                           FLAGS.grid_size, FLAGS.bn_mode)
+      logging.info("wrote %s%s", paths[0],
+                   f" and {len(paths) - 1} images beside it" if len(paths) > 1 else "")
+  except UsageError as e:
+    _exit_with(str(e))
+
+
+if __name__ == "__main__":
+  try:
+    define_flags()  # ml_collections reads --config.<field> overrides from sys.argv here
+  except (flags.Error, OSError, AttributeError, KeyError) as err:
+    _exit_with(_flag_error(err, sys.argv))
+  app.run(main, flags_parser=_parse_flags)

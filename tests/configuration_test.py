@@ -1,0 +1,55 @@
+"""Config validation: each bad value gets a UsageError that names it."""
+
+import pytest
+
+from configs import celeba, cifar10, default, imagefolder, mnist
+from dcgan_jax import configuration
+from dcgan_jax.errors import UsageError
+
+
+@pytest.mark.parametrize("module", [default, celeba, mnist, cifar10, imagefolder])
+def test_presets_are_valid(module):
+  configuration.validate(module.get_config())
+
+
+def test_celeba_has_the_tutorial_settings():
+  c = celeba.get_config()
+  assert (c.image_size, c.channels, c.batch_size, c.num_epochs, c.seed) == (64, 3, 128, 5.0, 999)
+  assert (c.nz, c.ngf, c.ndf, c.g_learning_rate, c.adam_b1) == (100, 64, 64, 2e-4, 0.5)
+  assert c.dataset == "tfds:celeb_a"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("image_size", 48, "config.image_size=48 is not supported"),
+    ("channels", 2, "config.channels=2"),
+    ("dataset", "cifar", "config.dataset='cifar'"),
+    ("dataset", "tfds:", "config.dataset='tfds:'"),
+    ("dataset", "tfds:no_such_dataset", "config.dataset='tfds:no_such_dataset'"),
+    ("batch_size", 0, "config.batch_size=0"),
+    ("num_train_steps", 0, "config.num_train_steps=0"),
+    ("adam_b1", 1.0, "config.adam_b1=1.0"),
+    ("label_smoothing", -0.1, "config.label_smoothing=-0.1"),
+    ("g_learning_rate", 0.0, "config.g_learning_rate=0.0"),
+    ("upconv_impl", "fft", "config.upconv_impl='fft'"),
+    ("sample_bn_mode", "test", "config.sample_bn_mode='test'"),
+])
+def test_bad_values_are_named(field, value, message):
+  config = default.get_config()
+  config[field] = value
+  with pytest.raises(UsageError) as e:
+    configuration.validate(config)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_epochs_need_to_be_positive_when_steps_are_minus_one():
+  config = default.get_config()
+  config.num_train_steps = -1
+  with pytest.raises(UsageError, match="config.num_epochs=-1.0"):
+    configuration.validate(config)
+
+
+def test_total_steps():
+  config = default.get_config()
+  assert configuration.total_steps(config, 5000) == 3000
+  config.num_train_steps, config.num_epochs, config.batch_size = -1, 2.5, 64
+  assert configuration.total_steps(config, 5000) == 195  # 78 full batches per epoch

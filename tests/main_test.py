@@ -1,0 +1,87 @@
+"""The command line: bad input exits with status 2 and one line, touching nothing."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_image_folder
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_main(*args, cwd=None):
+  return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
+                        text=True, cwd=cwd or ROOT, timeout=300)
+
+
+def snapshot(path: pathlib.Path) -> dict:
+  return {str(p.relative_to(path)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+          for p in sorted(path.rglob("*"))}
+
+
+@pytest.fixture
+def used_workdir(tmp_path):
+  """A workdir with earlier outputs in it, which a failed run must leave alone."""
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "100").mkdir(parents=True)
+  (workdir / "metrics.csv").write_text("step,epoch,loss_d,loss_g\n100,1,0.5,2.0\n")
+  (workdir / "config.json").write_text("{}")
+  return workdir
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--config.no_such_field=1"], "no_such_field"),
+    (["--config.image_size=48"], "config.image_size=48"),
+    (["--config.image_size=abc"], "--config.image_size=abc"),
+    (["--config=/nonexistent/c.py"], "/nonexistent/c.py"),
+    (["--config.dataset=tfds:no_such_dataset"], "no_such_dataset"),
+    (["--config.dataset=mnist"], "config.dataset='mnist'"),
+    (["--config.dataset=imagefolder", "--config.data_dir=EMPTY"], "contains no images"),
+    (["--config.dataset=imagefolder", "--config.data_dir=MISSING"], "is not a folder"),
+])
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(used_workdir, tmp_path, args, names):
+  (tmp_path / "empty").mkdir()
+  args = [a.replace("EMPTY", str(tmp_path / "empty")).replace("MISSING", str(tmp_path / "nope"))
+          for a in args]
+  before = snapshot(used_workdir)
+  result = run_main(f"--workdir={used_workdir}", *args)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], result.stderr
+  assert snapshot(used_workdir) == before
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  result = run_main(f"--workdir={blocker / 'run'}")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "cannot be written" in lines[0] and str(blocker) in lines[0]
+  assert blocker.read_text() == "x"
+
+
+def test_train_then_sample_from_the_command_line(tmp_path):
+  make_image_folder(tmp_path / "images", count=8, size=(40, 48))
+  workdir = tmp_path / "run"
+  result = run_main(f"--workdir={workdir}", "--config", str(ROOT / "configs" / "imagefolder.py"),
+                    f"--config.data_dir={tmp_path / 'images'}", "--config.image_size=32",
+                    "--config.ngf=8", "--config.ndf=8", "--config.batch_size=4",
+                    "--config.num_train_steps=2", "--config.num_sample_images=4",
+                    cwd=tmp_path)  # the default config path must not depend on the cwd
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert {"metrics.csv", "samples.png", "losses.png", "config.json", "checkpoints",
+          "samples"} <= set(os.listdir(workdir))
+  result = run_main("--mode=sample", f"--workdir={workdir}", "--num_images=2", "--grid_size=4",
+                    "--sample_seed=3")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(os.listdir(workdir / "samples" / "step0000002_seed3_train")) == [
+      "00000.png", "00001.png"]
+
+
+def test_sample_without_a_checkpoint_is_a_clear_error(tmp_path):
+  result = run_main("--mode=sample", f"--workdir={tmp_path}")
+  assert result.returncode == 2 and "has no config.json" in result.stderr

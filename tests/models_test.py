@@ -1,0 +1,141 @@
+"""Shapes, ranges, parameter counts and initialisation statistics of G and D."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import models
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(module, x):
+  return module.init(jax.random.PRNGKey(0), x, train=False)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _forward(module, variables, x, train):
+  """(output, new batch_stats or None): batch statistics when train, else running averages."""
+  if train:
+    out, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    return out, updates["batch_stats"]
+  return module.apply(variables, x, train=False), None
+
+
+def _shapes(module, x):
+  return jax.eval_shape(functools.partial(module.init, train=False), jax.random.PRNGKey(0), x)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+G32 = models.Generator(32, 3, ngf=8)
+D32 = models.Discriminator(32, ndf=8)
+
+
+@pytest.fixture(scope="module")
+def g32():
+  z = jax.random.normal(jax.random.PRNGKey(1), (4, 16))
+  return z, _init(G32, z)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_and_dtypes(size, channels):
+  g = models.Generator(size, channels, ngf=8)
+  d = models.Discriminator(size, ndf=8)
+  z = jax.ShapeDtypeStruct((3, 16), jnp.float32)
+  images = jax.eval_shape(functools.partial(g.apply, train=False), _shapes(g, z), z)
+  assert images.shape == (3, size, size, channels) and images.dtype == jnp.float32
+  logits = jax.eval_shape(functools.partial(d.apply, train=False), _shapes(d, images), images)
+  assert logits.shape == (3,) and logits.dtype == jnp.float32
+
+
+def test_values_in_range_and_finite(g32):
+  z, g_vars = g32
+  images, _ = _forward(G32, g_vars, z, True)
+  assert images.shape == (4, 32, 32, 3)
+  assert float(jnp.min(images)) >= -1.0 and float(jnp.max(images)) <= 1.0
+  assert float(jnp.std(images)) > 0
+  logits, _ = _forward(D32, _init(D32, images), images, True)
+  assert logits.shape == (4,) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_tanh_output_saturates_within_range(g32):
+  z, g_vars = g32
+  # Eval mode (running averages of 0 and 1 at init) lets a huge z through unnormalised.
+  images, _ = _forward(G32, g_vars, 1e6 * z, False)
+  assert float(jnp.max(jnp.abs(images))) <= 1.0
+  assert float(jnp.mean(jnp.abs(images) > 0.99)) > 0.5  # mostly saturated at +-1
+
+
+def test_train_and_eval_batchnorm_differ(g32):
+  z, g_vars = g32
+  train_out, _ = _forward(G32, g_vars, z, True)
+  eval_out, _ = _forward(G32, g_vars, z, False)
+  assert float(jnp.max(jnp.abs(train_out - eval_out))) > 1e-3
+
+
+def test_batchnorm_matches_pytorch_settings(g32):
+  z, g_vars = g32
+  _, stats = _forward(G32, g_vars, z, True)
+  # After one train-mode call: running = 0.9 * initial + 0.1 * batch statistic.
+  x = models.ops.project_4x4(z, g_vars["params"]["Project4x4_0"]["kernel"])
+  np.testing.assert_allclose(stats["BatchNorm_0"]["mean"], 0.1 * np.asarray(x).mean(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(stats["BatchNorm_0"]["var"],
+                             0.9 + 0.1 * np.asarray(x).var(axis=(0, 1, 2)), rtol=1e-4)
+  assert models.BatchNorm.keywords["epsilon"] == 1e-5
+  assert models.BatchNorm.keywords["momentum"] == 0.9
+
+
+def test_tutorial_parameter_counts_at_64px():
+  # The PyTorch tutorial's netG and netD have 3,576,704 and 2,765,568 parameters.
+  g_vars = _shapes(models.Generator(64, 3, 64), jnp.zeros((1, 100)))
+  d_vars = _shapes(models.Discriminator(64, 64), jnp.zeros((1, 64, 64, 3)))
+  assert _count(g_vars["params"]) == 3_576_704
+  assert _count(d_vars["params"]) == 2_765_568
+
+
+def test_layer_widths_generalise_with_size():
+  g_vars = _shapes(models.Generator(128, 3, 64), jnp.zeros((1, 100)))
+  assert g_vars["params"]["Project4x4_0"]["kernel"].shape == (4, 4, 1024, 100)
+  g_vars = _shapes(models.Generator(32, 1, 64), jnp.zeros((1, 100)))
+  assert g_vars["params"]["Project4x4_0"]["kernel"].shape == (4, 4, 256, 100)
+  d_vars = _shapes(models.Discriminator(32, 64), jnp.zeros((1, 32, 32, 1)))
+  assert d_vars["params"]["Conv_2"]["kernel"].shape == (4, 4, 128, 256)
+  assert d_vars["params"]["Conv_3"]["kernel"].shape == (4, 4, 256, 1)
+
+
+def test_dcgan_init_statistics():
+  g_vars = _init(models.Generator(64, 3, 64), jnp.zeros((1, 100)))
+  d_vars = _init(models.Discriminator(64, 64), jnp.zeros((1, 64, 64, 3)))
+  kernels = np.concatenate([
+      np.ravel(x) for path, x in jax.tree_util.tree_leaves_with_path(
+          {"g": g_vars["params"], "d": d_vars["params"]})
+      if "kernel" in jax.tree_util.keystr(path)])
+  assert abs(kernels.mean()) < 1e-3
+  assert kernels.std() == pytest.approx(0.02, rel=0.02)
+  for params in (g_vars["params"], d_vars["params"]):
+    bns = [v for k, v in params.items() if k.startswith("BatchNorm")]
+    scales = np.concatenate([np.ravel(bn["scale"]) for bn in bns])
+    assert scales.mean() == pytest.approx(1.0, abs=3e-3)
+    assert scales.std() == pytest.approx(0.02, rel=0.15)
+    assert all(np.all(np.asarray(bn["bias"]) == 0) for bn in bns)
+  assert not any("bias" in k for k in g_vars["params"]["UpConv_0"])  # bias=False as in PyTorch
+
+
+def test_unsupported_size_raises():
+  with pytest.raises(ValueError, match="48"):
+    _shapes(models.Generator(48, 3, 8), jnp.zeros((1, 16)))
+
+
+@pytest.mark.parametrize("impl", ["phase", "auto"])
+def test_upconv_impls_share_parameters_and_outputs(g32, impl):
+  z, g_vars = g32
+  ref, _ = _forward(models.Generator(32, 3, ngf=8, upconv_impl="xla"), g_vars, z, False)
+  got, _ = _forward(models.Generator(32, 3, ngf=8, upconv_impl=impl), g_vars, z, False)
+  np.testing.assert_allclose(got, ref, atol=1e-5)

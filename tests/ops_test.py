@@ -1,0 +1,67 @@
+"""The transposed convolutions against a numpy reference of PyTorch's ConvTranspose2d."""
+
+import numpy as np
+import pytest
+
+from dcgan_jax import ops
+
+
+def torch_conv_transpose2d(x_BxIxHxW, w_IxOxKxK, stride, padding):
+  """PyTorch's ConvTranspose2d (no bias) by its definition: every input pixel
+  scatters w[i, :, kh, kw] to output (h*stride + kh - padding, w*stride + kw - padding)."""
+  b, i_ch, h, w = x_BxIxHxW.shape
+  _, o_ch, k, _ = w_IxOxKxK.shape
+  full = np.zeros((b, o_ch, (h - 1) * stride + k, (w - 1) * stride + k))
+  for y in range(h):
+    for x in range(w):
+      full[:, :, y * stride:y * stride + k, x * stride:x * stride + k] += np.einsum(
+          "bi,iokl->bokl", x_BxIxHxW[:, :, y, x], w_IxOxKxK)
+  out_h = (h - 1) * stride - 2 * padding + k
+  out_w = (w - 1) * stride - 2 * padding + k
+  return full[:, :, padding:padding + out_h, padding:padding + out_w]
+
+
+def to_flax_kernel(w_IxOxKxK):
+  return np.transpose(w_IxOxKxK, (2, 3, 1, 0))
+
+
+@pytest.mark.parametrize("impl", ["xla", "phase", "auto"])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 3, 5), (1, 5, 7, 8, 16), (3, 1, 1, 2, 1)])
+def test_conv_transpose_4x2_matches_pytorch_definition(impl, shape):
+  b, h, w, i_ch, o_ch = shape
+  rng = np.random.default_rng(sum(shape))
+  x_nchw = rng.normal(size=(b, i_ch, h, w))
+  weight = rng.normal(size=(i_ch, o_ch, 4, 4))
+  expected = torch_conv_transpose2d(x_nchw, weight, stride=2, padding=1)
+  got = ops.conv_transpose_4x2(np.transpose(x_nchw, (0, 2, 3, 1)).astype(np.float32),
+                               to_flax_kernel(weight).astype(np.float32), impl)
+  assert got.shape == (b, 2 * h, 2 * w, o_ch)
+  np.testing.assert_allclose(np.transpose(np.asarray(got), (0, 3, 1, 2)), expected,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_project_4x4_matches_pytorch_definition():
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(3, 10))
+  weight = rng.normal(size=(10, 6, 4, 4))  # ConvTranspose2d(10, 6, 4, 1, 0).weight
+  expected = torch_conv_transpose2d(z[:, :, None, None], weight, stride=1, padding=0)
+  got = ops.project_4x4(z.astype(np.float32), to_flax_kernel(weight).astype(np.float32))
+  assert got.shape == (3, 4, 4, 6)
+  np.testing.assert_allclose(np.transpose(np.asarray(got), (0, 3, 1, 2)), expected,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_reference_itself_on_a_hand_computed_case():
+  # One input pixel of value 2 and a kernel of ones: the 4x4 footprint, cropped
+  # by padding 1, leaves the top-left 3x3 of the 2x2 output... of a 1x1 input: 2x2 of 2s.
+  out = torch_conv_transpose2d(np.full((1, 1, 1, 1), 2.0), np.ones((1, 1, 4, 4)), 2, 1)
+  np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), 2.0))
+
+
+def test_resolve_upconv_impl():
+  assert ops.resolve_upconv_impl("auto", 64, "cpu") == "phase"
+  assert ops.resolve_upconv_impl("auto", 3, "cpu") == "xla"
+  assert ops.resolve_upconv_impl("auto", 64, "gpu") == "xla"
+  assert ops.resolve_upconv_impl("phase", 3, "cpu") == "phase"
+  with pytest.raises(ValueError, match="'fft'"):
+    ops.resolve_upconv_impl("fft", 3, "cpu")

@@ -1,0 +1,141 @@
+"""The D and G update steps: what each changes, what it leaves alone, and their numbers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import losses, steps
+from conftest import jit_apply_train, jit_d_step, jit_g_step, jit_train_step, tiny_gan
+
+
+def _equal(a, b) -> bool:
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _all_differ(a, b) -> bool:
+  return all(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_state_is_one_pytree_of_arrays(state):
+  leaves = jax.tree.leaves(state)
+  assert all(isinstance(x, jax.Array) for x in leaves)
+  assert state.step.dtype == jnp.int32 and int(state.step) == 0
+  # Adam's moments live in the optimizer states, one per parameter.
+  assert len(jax.tree.leaves(state.g_opt_state)) == 2 * len(jax.tree.leaves(state.g_params)) + 1
+
+
+def test_d_step_changes_d_only(gan, state, real_batch):
+  new, metrics = jit_d_step(gan, state, real_batch)
+  assert _all_differ(new.d_params, state.d_params)
+  assert _all_differ(new.d_batch_stats, state.d_batch_stats)
+  assert not _equal(new.d_opt_state, state.d_opt_state)
+  for field in ("g_params", "g_batch_stats", "g_opt_state", "step", "rng"):
+    assert _equal(getattr(new, field), getattr(state, field)), field
+  assert all(bool(jnp.isfinite(v)) for v in metrics.values())
+
+
+def test_g_step_changes_g_only(gan, state):
+  new, metrics = jit_g_step(gan, state)
+  assert _all_differ(new.g_params, state.g_params)
+  assert _all_differ(new.g_batch_stats, state.g_batch_stats)
+  assert int(new.step) == 1
+  for field in ("d_params", "d_batch_stats", "d_opt_state", "rng"):
+    assert _equal(getattr(new, field), getattr(state, field)), field
+  assert all(bool(jnp.isfinite(v)) for v in metrics.values())
+
+
+def test_gradients_are_finite_and_nonzero(gan, state, real_batch):
+  z = steps.step_noise(gan, state)
+
+  def g_loss(g_params):
+    fake, _ = jit_apply_train(gan.generator, g_params, state.g_batch_stats, z)
+    logits, _ = jit_apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
+    return losses.generator_loss(logits)
+
+  grads = jax.jit(jax.grad(g_loss))(state.g_params)
+  for g in jax.tree.leaves(grads):
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_d_step_loss_and_metrics_match_a_hand_written_forward(gan, state, real_batch):
+  _, metrics = jit_d_step(gan, state, real_batch)
+  real = real_batch.astype(np.float32) / 127.5 - 1
+  fake, _ = jit_apply_train(gan.generator, state.g_params, state.g_batch_stats,
+                               steps.step_noise(gan, state))
+  real_logits, stats = jit_apply_train(gan.discriminator, state.d_params,
+                                          state.d_batch_stats, real)
+  fake_logits, _ = jit_apply_train(gan.discriminator, state.d_params, stats, fake)
+  p_real, p_fake = jax.nn.sigmoid(real_logits), jax.nn.sigmoid(fake_logits)
+  expected = -np.mean(np.log(p_real)) - np.mean(np.log(1 - p_fake))
+  assert float(metrics["loss_d"]) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics["d_x"]) == pytest.approx(float(np.mean(p_real)), rel=1e-6)
+  assert float(metrics["d_g_z1"]) == pytest.approx(float(np.mean(p_fake)), rel=1e-6)
+
+
+def test_d_running_stats_are_updated_by_real_then_fake(gan, state, real_batch):
+  new, _ = jit_d_step(gan, state, real_batch)
+  real = real_batch.astype(np.float32) / 127.5 - 1
+  fake, _ = jit_apply_train(gan.generator, state.g_params, state.g_batch_stats,
+                               steps.step_noise(gan, state))
+  _, after_real = jit_apply_train(gan.discriminator, state.d_params, state.d_batch_stats, real)
+  _, after_both = jit_apply_train(gan.discriminator, state.d_params, after_real, fake)
+  for got, want, real_only in zip(jax.tree.leaves(new.d_batch_stats), jax.tree.leaves(after_both),
+                                  jax.tree.leaves(after_real)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(want, real_only, rtol=1e-3, atol=0)  # the fake pass counted too
+
+
+def test_g_step_trains_on_the_d_steps_fake_batch(gan, state, real_batch):
+  # Both steps of one iteration draw the same z, so D(G(z)) before the G update
+  # is computed on the batch that D just trained against.
+  after_d, _ = jit_d_step(gan, state, real_batch)
+  np.testing.assert_array_equal(steps.step_noise(gan, state), steps.step_noise(gan, after_d))
+  after_g, _ = jit_g_step(gan, after_d)
+  assert not np.array_equal(steps.step_noise(gan, after_d), steps.step_noise(gan, after_g))
+
+
+def test_label_smoothing_changes_the_d_loss_by_the_hand_computed_amount(state, real_batch):
+  _, plain = jit_d_step(tiny_gan(), state, real_batch)
+  _, smooth = jit_d_step(tiny_gan(label_smoothing=0.1), state, real_batch)
+  # BCE(x, 0.9) - BCE(x, 1) = 0.1 * mean(x) over the real logits x.
+  real = real_batch.astype(np.float32) / 127.5 - 1
+  logits, _ = jit_apply_train(tiny_gan().discriminator, state.d_params,
+                                 state.d_batch_stats, real)
+  diff = float(smooth["loss_d"]) - float(plain["loss_d"])
+  assert diff == pytest.approx(0.1 * float(jnp.mean(logits)), abs=1e-6)
+
+
+def test_train_step_is_d_step_then_g_step(gan, state, real_batch):
+  combined, m = jit_train_step(gan, state, real_batch)
+  s, d_metrics = jit_d_step(gan, state, real_batch)
+  s, g_metrics = jit_g_step(gan, s)
+  for a, b in zip(jax.tree.leaves(combined), jax.tree.leaves(s)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert set(m) == set(d_metrics) | set(g_metrics)
+
+
+def test_same_seed_same_state_other_seed_differs(gan, real_batch):
+  a = steps.init_train_state(gan, 3)
+  b = steps.init_train_state(gan, 3)
+  c = steps.init_train_state(gan, 4)
+  assert _equal(a, b) and not _equal(a.g_params, c.g_params)
+  a, _ = jit_train_step(gan, a, real_batch)
+  b, _ = jit_train_step(gan, b, real_batch)
+  assert _equal(a, b)
+
+
+def test_generate_bn_modes(gan, state):
+  z = jax.random.normal(jax.random.PRNGKey(9), (4, 16))
+  generate = jax.jit(steps.generate, static_argnums=(0, 3))
+  train_mode = generate(gan, state, z, "train")
+  eval_mode = generate(gan, state, z, "eval")
+  assert train_mode.shape == eval_mode.shape == (4, 32, 32, 1)
+  assert float(jnp.max(jnp.abs(train_mode - eval_mode))) > 1e-3
+  with pytest.raises(ValueError, match="'test'"):
+    steps.generate(gan, state, z, "test")
+
+
+def test_to_float_range():
+  x = steps.to_float(np.array([0, 255, 128], np.uint8))
+  np.testing.assert_allclose(x, [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-7)

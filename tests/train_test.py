@@ -1,0 +1,120 @@
+"""End to end: a tiny run writes every workdir output, resumes exactly, never goes back."""
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from configs import celeba, default
+from dcgan_jax import metrics, train
+from dcgan_jax.errors import UsageError
+from conftest import make_image_folder
+
+
+def tiny_config(steps: int):
+  config = default.get_config()
+  config.ngf = config.ndf = 8
+  config.batch_size = 16
+  config.num_train_steps = steps
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 3
+  config.sample_every_steps = 3
+  config.num_sample_images = 4
+  return config
+
+
+def _leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def six_step_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  return workdir, train.train_and_evaluate(tiny_config(6), workdir)
+
+
+def test_run_writes_every_output(six_step_run):
+  workdir, state = six_step_run
+  assert int(state.step) == 6
+  rows = metrics.read_metrics(os.path.join(workdir, "metrics.csv"))
+  assert [r["step"] for r in rows] == ["2", "4", "6"]
+  for column in ("loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2", "images_per_s"):
+    assert all(np.isfinite(float(r[column])) for r in rows[1:]), column
+  assert 0 < float(rows[-1]["d_x"]) < 1
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  assert sorted(os.listdir(os.path.join(workdir, "samples"))) == ["step_0000003.png",
+                                                                   "step_0000006.png"]
+  grid = Image.open(os.path.join(workdir, "samples.png"))
+  assert grid.size == (2 * 34 + 2, 2 * 34 + 2)  # 4 images of 32 px, padding 2
+  assert Image.open(os.path.join(workdir, "losses.png")).format == "PNG"
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f) == tiny_config(6).to_dict()
+
+
+def test_resumed_run_continues_and_equals_an_uninterrupted_run(six_step_run, tmp_path):
+  workdir, _ = six_step_run
+  resumed = train.train_and_evaluate(tiny_config(9), workdir)
+  assert int(resumed.step) == 9
+  rows = metrics.read_metrics(os.path.join(workdir, "metrics.csv"))
+  assert [r["step"] for r in rows] == ["2", "4", "6", "8", "9"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6", "9"]
+  straight = train.train_and_evaluate(tiny_config(9), str(tmp_path))
+  assert _leaves_equal(jax.device_get(resumed), jax.device_get(straight))
+
+
+def test_shorter_run_never_overwrites_newer_outputs(six_step_run):
+  workdir, _ = six_step_run
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  before = {n: os.path.getmtime(os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir)}
+  metrics_before = open(os.path.join(workdir, "metrics.csv")).read()
+  state = train.train_and_evaluate(tiny_config(4), workdir)
+  assert int(state.step) == max(int(n) for n in before)
+  assert {n: os.path.getmtime(os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir)} == before
+  assert open(os.path.join(workdir, "metrics.csv")).read() == metrics_before
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(six_step_run):
+  workdir, _ = six_step_run
+  config = tiny_config(12)
+  config.ngf = 16
+  with pytest.raises(UsageError, match="does not fit this config's model"):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_plain_log_lines_without_a_terminal(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  train.train_and_evaluate(tiny_config(2), str(tmp_path))
+  assert any("step 2 epoch" in r.getMessage() and "loss_D" in r.getMessage()
+             for r in caplog.records)
+
+
+def _celeba_smoke_config():
+  config = celeba.get_config()
+  config.batch_size = 4
+  config.num_train_steps = 2
+  config.num_sample_images = 4
+  return config
+
+
+def test_celeba_config_trains_on_a_folder_of_images(tmp_path):
+  make_image_folder(tmp_path / "img_align_celeba", count=9)
+  config = _celeba_smoke_config()
+  config.dataset, config.data_dir = "imagefolder", str(tmp_path / "img_align_celeba")
+  state = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert int(state.step) == 2
+  assert state.g_params["Project4x4_0"]["kernel"].shape == (4, 4, 512, 100)  # tutorial's netG
+  assert Image.open(tmp_path / "run" / "samples.png").size == (2 * 66 + 2, 2 * 66 + 2)
+
+
+def test_celeba_config_trains_on_tfds_celeb_a(tmp_path):
+  config = _celeba_smoke_config()
+  config.ngf = config.ndf = 8
+  with tfds.testing.mock_data(num_examples=8):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2
+  assert len(metrics.read_metrics(str(tmp_path / "metrics.csv"))) == 1
