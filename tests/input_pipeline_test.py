@@ -1,4 +1,4 @@
-"""Sources, preprocessing, errors and the seeded batch order."""
+"""Sources, the cached load, errors, the seeded batch order and prefetching."""
 
 import numpy as np
 import pytest
@@ -11,90 +11,129 @@ from dcgan_jax.errors import UsageError
 from conftest import make_image_folder
 
 
-def test_preprocess_resizes_shorter_side_and_center_crops():
-  pixels = np.zeros((20, 40), np.uint8)  # 40 wide, 20 high
-  pixels[:, 20:] = 255  # right half white
-  out = input_pipeline.preprocess(Image.fromarray(pixels), 10, 1)
-  assert out.shape == (10, 10, 1) and out.dtype == np.uint8
-  # The crop keeps original columns 10..29: its left half is black, its right half white.
-  assert out[:, :4].max() == 0 and out[:, 6:].min() == 255
+def _decode_all(source):
+  return np.stack([source.load(item) for item in source.items])
 
 
-def test_preprocess_converts_channels():
-  rgba = Image.fromarray(np.full((8, 8, 4), 200, np.uint8), "RGBA")
-  assert input_pipeline.preprocess(rgba, 8, 3).shape == (8, 8, 3)
-  gray = Image.fromarray(np.full((8, 8), 77, np.uint8))
-  rgb = input_pipeline.preprocess(gray, 8, 3)
-  assert rgb.shape == (8, 8, 3) and np.all(rgb == 77)
-  red = Image.fromarray(np.dstack([np.full((8, 8), 255, np.uint8)] + [np.zeros((8, 8), np.uint8)] * 2))
-  assert np.all(input_pipeline.preprocess(red, 8, 1) == 76)  # ITU-R 601 luma of pure red
+def folder_config(path, cache_dir, **overrides):
+  config = default.get_config()
+  config.dataset, config.data_dir, config.cache_dir = "imagefolder", str(path), str(cache_dir)
+  config.image_size, config.channels, config.batch_size = 32, 3, 2
+  config.update(overrides)
+  return config
 
 
 def test_embedded_mnist():
-  images = input_pipeline.load_embedded_mnist(32, 1)
+  source = input_pipeline.embedded_source(32, 1)
+  assert len(source.items) == 5000
+  images = _decode_all(source)
   assert images.shape == (5000, 32, 32, 1) and images.dtype == np.uint8
   # Digits: dark background, bright strokes, borders empty after the 28 -> 32 resize.
   assert images.max() == 255 and images[:, 0, :].mean() < 1 and 20 < images.mean() < 60
 
 
-def test_image_folder_reads_nested_mixed_files(tmp_path):
-  make_image_folder(tmp_path, count=6)
-  (tmp_path / "notes.txt").write_text("not an image")
-  Image.fromarray(np.zeros((30, 50), np.uint8)).save(tmp_path / "GRAY.PNG")
-  Image.fromarray(np.zeros((30, 30, 4), np.uint8), "RGBA").save(tmp_path / "a" / "rgba.png")
-  images = input_pipeline.load_image_folder(str(tmp_path), 64, 3)
-  assert images.shape == (8, 64, 64, 3) and images.dtype == np.uint8
+def _messy_folder(root):
+  """JPEG and PNG in nested folders, odd sizes, grayscale, RGBA, palette, 16-bit,
+  a truncated JPEG, a text file with an image extension, and a non-image file."""
+  make_image_folder(root, count=6)
+  (root / "notes.txt").write_text("not an image")
+  Image.fromarray(np.zeros((31, 53), np.uint8)).save(root / "GRAY.PNG")
+  Image.fromarray(np.zeros((30, 30, 4), np.uint8), "RGBA").save(root / "a" / "rgba.png")
+  Image.fromarray(np.zeros((17, 40, 3), np.uint8)).convert("P").save(root / "a" / "pal.bmp")
+  Image.fromarray(np.full((40, 40), 4096, np.uint16)).save(root / "b" / "gray16.png")
+  jpeg = (root / "a" / "000001.jpg").read_bytes()
+  (root / "a" / "zz_truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  (root / "b" / "fake.webp").write_text("not a webp")
+  return root
+
+
+def test_image_folder_skips_bad_files_with_a_count(tmp_path, caplog):
+  _messy_folder(tmp_path / "images")
+  config = folder_config(tmp_path / "images", tmp_path / "cache")
+  images = input_pipeline.load_images(config)
+  assert images.shape == (10, 32, 32, 3) and images.dtype == np.uint8
+  assert any("skipped 2 unreadable images of 12" in r.getMessage() and "zz_truncated.jpg"
+             in r.getMessage() for r in caplog.records)
+
+
+def test_image_folder_strict_names_the_bad_file(tmp_path):
+  _messy_folder(tmp_path / "images")
+  config = folder_config(tmp_path / "images", tmp_path / "cache", strict_data=True)
+  with pytest.raises(UsageError, match=r"fake.webp|zz_truncated.jpg"):
+    input_pipeline.load_images(config)
+
+
+def test_image_folder_cache_reused_then_rebuilt_after_a_change(tmp_path):
+  make_image_folder(tmp_path / "images", count=4)
+  config = folder_config(tmp_path / "images", tmp_path / "cache")
+  first = input_pipeline.load_images(config)
+  assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+  np.testing.assert_array_equal(input_pipeline.load_images(config), first)
+  assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # reused, not rebuilt
+  Image.fromarray(np.full((50, 50, 3), 9, np.uint8)).save(tmp_path / "images" / "new.png")
+  assert input_pipeline.load_images(config).shape[0] == 5
+  assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # a new key, a new cache
+
+
+def test_jpeg_draft_is_part_of_the_cache_key(tmp_path):
+  make_image_folder(tmp_path / "images", count=4)
+  exact = input_pipeline.load_images(folder_config(tmp_path / "images", tmp_path / "cache"))
+  draft = input_pipeline.load_images(folder_config(tmp_path / "images", tmp_path / "cache",
+                                                   jpeg_draft=True))
+  assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+  assert exact.shape == draft.shape and not np.array_equal(exact, draft)
 
 
 @pytest.mark.parametrize("setup,message", [
-    (lambda p: p / "missing", "is not a folder"),
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: p / "readme.md", "is not a folder"),
     (lambda p: p, "contains no images"),
 ])
 def test_image_folder_errors_name_the_path(tmp_path, setup, message):
   (tmp_path / "readme.md").write_text("x")
   path = str(setup(tmp_path))
   with pytest.raises(UsageError) as e:
-    input_pipeline.load_image_folder(path, 32, 3)
+    input_pipeline.folder_source(path, 32, 3)
   assert message in str(e.value) and repr(path) in str(e.value)
-
-
-def test_image_folder_unreadable_file_is_named(tmp_path):
-  make_image_folder(tmp_path, count=2)
-  (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-  with pytest.raises(UsageError, match="broken.jpg"):
-    input_pipeline.load_image_folder(str(tmp_path), 32, 3)
 
 
 @pytest.mark.parametrize("name,size,channels", [("mnist", 32, 1), ("celeb_a", 64, 3),
                                                 ("cifar10", 32, 3)])
 def test_tfds_sources_with_mock_data(name, size, channels):
   with tfds.testing.mock_data(num_examples=6):
-    images = input_pipeline.load_tfds(name, "train", "", size, channels)
+    images = _decode_all(input_pipeline.tfds_source(name, "train", "", size, channels))
   assert images.shape == (6, size, size, channels) and images.dtype == np.uint8
   assert images.std() > 10  # real (random) content, not a constant fill
 
 
+def test_tfds_through_the_cache(tmp_path):
+  config = default.get_config()
+  config.dataset, config.cache_dir, config.batch_size = "tfds:celeb_a", str(tmp_path), 4
+  config.image_size, config.channels = 64, 3
+  with tfds.testing.mock_data(num_examples=5):
+    images = input_pipeline.load_images(config)
+  assert images.shape == (5, 64, 64, 3)
+  assert [p.name.startswith("tfds-celeb_a-train-64x64x3") for p in tmp_path.glob("*.npy")] == [True]
+
+
 def test_tfds_unknown_name():
   with pytest.raises(UsageError, match="no dataset named 'no_such_ds'"):
-    input_pipeline.load_tfds("no_such_ds", "train", "", 32, 1)
+    input_pipeline.tfds_source("no_such_ds", "train", "", 32, 1)
 
 
 def test_tfds_not_prepared_says_what_to_do(tmp_path):
   with pytest.raises(UsageError) as e:
-    input_pipeline.load_tfds("mnist", "train", str(tmp_path), 32, 1)
+    input_pipeline.tfds_source("mnist", "train", str(tmp_path), 32, 1)
   message = str(e.value)
   assert "not prepared" in message and "tfds build mnist" in message and "\n" not in message
 
 
-def test_load_images_dispatch_and_too_few_images(tmp_path):
-  make_image_folder(tmp_path, count=3)
-  config = default.get_config()
-  config.dataset, config.data_dir, config.image_size, config.channels = (
-      "imagefolder", str(tmp_path), 32, 3)
-  config.batch_size = 3
+def test_fewer_images_than_a_batch(tmp_path):
+  make_image_folder(tmp_path / "images", count=3)
+  config = folder_config(tmp_path / "images", tmp_path / "cache", batch_size=3)
   assert input_pipeline.load_images(config).shape == (3, 32, 32, 3)
   config.batch_size = 4
-  with pytest.raises(UsageError, match="has 3 images, fewer than config.batch_size=4"):
+  with pytest.raises(UsageError, match="has 3 readable images, fewer than config.batch_size=4"):
     input_pipeline.load_images(config)
 
 
@@ -106,9 +145,43 @@ def test_batches_are_seeded_per_epoch_permutations():
   epoch1 = np.concatenate([batches[s].ravel() for s in range(3, 6)])
   assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9  # no repeats within an epoch
   assert not np.array_equal(epoch0, epoch1)
+  np.testing.assert_array_equal(np.sort(batches.indices(4)), batches[4].ravel())
   again = input_pipeline.Batches(images, 3, seed=7)
   np.testing.assert_array_equal(again[4], batches[4])  # resuming mid-run: same batch
   other = input_pipeline.Batches(images, 3, seed=8)
   assert not np.array_equal(np.concatenate([other[s].ravel() for s in range(3)]), epoch0)
-  np.testing.assert_array_equal(
-      np.concatenate(list(batches.iterate(3, 6))).ravel(), epoch1)
+  np.testing.assert_array_equal(np.concatenate(list(batches.iterate(3, 6))).ravel(), epoch1)
+
+
+def test_epoch_order_pinned():
+  np.testing.assert_array_equal(input_pipeline.epoch_order(6, seed=0, epoch=0),
+                                np.random.default_rng([0, 0]).permutation(6))
+  assert not np.array_equal(input_pipeline.epoch_order(50, 0, 0), input_pipeline.epoch_order(50, 0, 1))
+
+
+def test_prefetcher_yields_in_order_runs_ahead_and_reraises():
+  made = []
+  prefetcher = input_pipeline.Prefetcher(lambda s: made.append(s) or s * 10, 3, 8, size=2)
+  first = next(iter(prefetcher))
+  assert first == 30
+  assert list(prefetcher) == [40, 50, 60, 70]
+  assert made == [3, 4, 5, 6, 7]
+  prefetcher.close()
+
+  def fail(step):
+    if step == 2:
+      raise ValueError("step 2 broke")
+    return step
+
+  broken = input_pipeline.Prefetcher(fail, 0, 5)
+  with pytest.raises(ValueError, match="step 2 broke"):
+    list(broken)
+  broken.close()
+
+
+def test_prefetcher_close_stops_the_producer_early():
+  made = []
+  prefetcher = input_pipeline.Prefetcher(lambda s: made.append(s) or s, 0, 10_000, size=2)
+  next(iter(prefetcher))
+  prefetcher.close()
+  assert len(made) < 10 and not prefetcher._thread.is_alive()  # pylint: disable=protected-access

@@ -40,7 +40,7 @@ def used_workdir(tmp_path):
     (["--config.dataset=tfds:no_such_dataset"], "no_such_dataset"),
     (["--config.dataset=mnist"], "config.dataset='mnist'"),
     (["--config.dataset=imagefolder", "--config.data_dir=EMPTY"], "contains no images"),
-    (["--config.dataset=imagefolder", "--config.data_dir=MISSING"], "is not a folder"),
+    (["--config.dataset=imagefolder", "--config.data_dir=MISSING"], "does not exist"),
 ])
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(used_workdir, tmp_path, args, names):
   (tmp_path / "empty").mkdir()
