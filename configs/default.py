@@ -23,12 +23,15 @@ def get_config() -> ml_collections.ConfigDict:
   #                            the tutorial's exact pixels); part of the cache key
   config.prefetch_batches = 2  # batches prepared ahead on a background thread
   config.data_on_device = False  # hold the whole uint8 dataset on the accelerator, gather there
+  config.steps_per_dispatch = 1  # iterations per jitted call (lax.scan); chunks end on every
+  #                                log/sample/checkpoint step, so each size compiles once
 
   # Models: the PyTorch DCGAN tutorial's topology.
   config.nz = 100  # latent size
   config.ngf = 32  # generator width (the widest layer is ngf * image_size / 8)
   config.ndf = 32  # discriminator width
-  config.upconv_impl = "auto"  # transposed conv form: 'auto', 'xla' or 'phase' (same maths)
+  config.upconv_impl = "auto"  # G's transposed convs: 'auto', 'xla', 'phase' or 'matmul' (same maths)
+  config.downconv_impl = "auto"  # D's strided convs: 'auto', 'xla' or 'matmul' (same maths)
 
   # Optimisation: Adam for both networks, as in the paper.
   config.batch_size = 64

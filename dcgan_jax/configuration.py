@@ -21,7 +21,7 @@ def validate(config) -> None:
   ds = c.dataset
   _require(ds in ("embedded", "imagefolder") or (ds.startswith("tfds:") and len(ds) > 5),
            "dataset", ds, "is not 'embedded', 'imagefolder' or 'tfds:<name>'")
-  for field in ("batch_size", "nz", "ngf", "ndf", "log_every_steps",
+  for field in ("batch_size", "nz", "ngf", "ndf", "log_every_steps", "steps_per_dispatch",
                 "checkpoint_every_steps", "sample_every_steps", "num_sample_images"):
     _require(c[field] > 0, field, c[field], "must be positive")
   _require(c.num_train_steps > 0 or c.num_train_steps == -1, "num_train_steps",
@@ -35,6 +35,8 @@ def validate(config) -> None:
     _require(0.0 <= c[field] < 1.0, field, c[field], "must be in [0, 1)")
   _require(c.upconv_impl in ops.UPCONV_IMPLS, "upconv_impl", c.upconv_impl,
            f"is not one of {', '.join(ops.UPCONV_IMPLS)}")
+  _require(c.downconv_impl in ops.DOWNCONV_IMPLS, "downconv_impl", c.downconv_impl,
+           f"is not one of {', '.join(ops.DOWNCONV_IMPLS)}")
   _require(c.sample_bn_mode in ("train", "eval"), "sample_bn_mode", c.sample_bn_mode,
            "is not 'train' or 'eval'")
   _require(c.prefetch_batches >= 1, "prefetch_batches", c.prefetch_batches, "must be >= 1")

@@ -184,27 +184,49 @@ class Batches:
   def __getitem__(self, step: int) -> np.ndarray:
     return self.images[np.sort(self.indices(step))]  # sorted: sequential reads of the cache
 
+  def chunk(self, first_step: int, num_steps: int) -> np.ndarray:
+    """The batches of num_steps consecutive steps, stacked: (K, B, S, S, C)."""
+    return np.stack([self[s] for s in range(first_step, first_step + num_steps)])
+
+  def chunk_indices(self, first_step: int, num_steps: int) -> np.ndarray:
+    """The sorted image indices of num_steps consecutive steps: (K, B) int32."""
+    return np.stack([np.sort(self.indices(s)) for s in range(first_step, first_step + num_steps)]
+                    ).astype(np.int32)
+
   def iterate(self, start_step: int, end_step: int) -> Iterator[np.ndarray]:
     for step in range(start_step, end_step):
       yield self[step]
 
 
+def plan_chunks(start: int, end: int, max_steps: int,
+                intervals: Sequence[int]) -> list[tuple[int, int]]:
+  """(first step, length) of each dispatch from start to end: at most max_steps long, and
+  ending on every multiple of each interval, so logging, samples and checkpoints fall
+  between dispatches."""
+  chunks, step = [], start
+  while step < end:
+    stop = min([end, step + max_steps] + [(step // i + 1) * i for i in intervals])
+    chunks.append((step, stop - step))
+    step = stop
+  return chunks
+
+
 class Prefetcher:
-  """Produces make(step) for steps start..end-1 on a background thread, `size` ahead,
-  so the accelerator does not wait for host-side gathering and transfer."""
+  """Produces make(key) for each key on a background thread, `size` ahead, so the
+  accelerator does not wait for host-side gathering and transfer."""
 
   _DONE = object()
 
-  def __init__(self, make: Callable[[int], Any], start: int, end: int, size: int = 2):
+  def __init__(self, make: Callable[[Any], Any], keys: Sequence, size: int = 2):
     self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
     self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, args=(make, start, end), daemon=True)
+    self._thread = threading.Thread(target=self._run, args=(make, keys), daemon=True)
     self._thread.start()
 
-  def _run(self, make, start, end) -> None:
+  def _run(self, make, keys) -> None:
     try:
-      for step in range(start, end):
-        item = make(step)
+      for key in keys:
+        item = make(key)
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)

@@ -59,6 +59,18 @@ class UpConv(nn.Module):
     return ops.conv_transpose_4x2(x_BxHxWxC, kernel, self.impl)
 
 
+class DownConv(nn.Module):
+  """`Conv2d(in, features, 4, 2, 1, bias=False)`: halves height and width. Parameters as
+  `nn.Conv`'s (a 'kernel' of shape (4, 4, in, features))."""
+  features: int
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", conv_init, (4, 4, x_BxHxWxC.shape[-1], self.features))
+    return ops.conv_4x2(x_BxHxWxC, kernel, self.impl)
+
+
 class Generator(nn.Module):
   """Maps z (B, nz) to images (B, S, S, channels) in [-1, 1]."""
   image_size: int = 64
@@ -84,18 +96,18 @@ class Discriminator(nn.Module):
   """Maps images (B, S, S, C) in [-1, 1] to one logit per image, (B,)."""
   image_size: int = 64
   ndf: int = 64
+  downconv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x_BxSxSxC: jax.Array, train: bool = True) -> jax.Array:
     n = num_stride2_layers(self.image_size)
-    conv = functools.partial(nn.Conv, kernel_size=(4, 4), use_bias=False,
-                             kernel_init=conv_init)
-    x = conv(self.ndf, strides=(2, 2), padding=((1, 1), (1, 1)))(x_BxSxSxC)
+    x = DownConv(self.ndf, self.downconv_impl, name="Conv_0")(x_BxSxSxC)
     x = nn.leaky_relu(x, 0.2)
     width = self.ndf
-    for _ in range(n - 1):
+    for i in range(1, n):
       width *= 2
-      x = conv(width, strides=(2, 2), padding=((1, 1), (1, 1)))(x)
+      x = DownConv(width, self.downconv_impl, name=f"Conv_{i}")(x)
       x = nn.leaky_relu(BatchNorm(use_running_average=not train)(x), 0.2)
-    x = conv(1, padding="VALID")(x)  # 4x4 -> 1x1
+    x = nn.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=conv_init,
+                name=f"Conv_{n}")(x)  # 4x4 -> 1x1
     return x.reshape(x.shape[0])

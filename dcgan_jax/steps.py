@@ -162,10 +162,18 @@ def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[Train
   return state, {**d_metrics, **g_metrics}
 
 
-def train_step_gather(gan: GAN, state: TrainState, images_NxHxWxC_u8: jax.Array,
-                      indices_B: jax.Array) -> tuple[TrainState, Metrics]:
-  """train_step on images gathered on the device from a dataset held there."""
-  return train_step(gan, state, jnp.take(images_NxHxWxC_u8, indices_B, axis=0))
+def train_steps(gan: GAN, state: TrainState, images_KxBxHxWxC_u8: jax.Array
+                ) -> tuple[TrainState, Metrics]:
+  """K iterations in one dispatch (lax.scan over K batches); metrics stacked to (K,)."""
+  return jax.lax.scan(functools.partial(train_step, gan), state, images_KxBxHxWxC_u8)
+
+
+def train_steps_gather(gan: GAN, state: TrainState, images_NxHxWxC_u8: jax.Array,
+                       indices_KxB: jax.Array) -> tuple[TrainState, Metrics]:
+  """train_steps on batches gathered on the device from a dataset held there."""
+  def body(s, indices_B):
+    return train_step(gan, s, jnp.take(images_NxHxWxC_u8, indices_B, axis=0))
+  return jax.lax.scan(body, state, indices_KxB)
 
 
 def generate(gan: GAN, state: TrainState, z_BxN: jax.Array, bn_mode: str = "train") -> jax.Array:

@@ -14,16 +14,16 @@ from dcgan_jax import checkpoint, configuration, input_pipeline, metrics, sampli
 from dcgan_jax.errors import UsageError
 from dcgan_jax.models import Discriminator, Generator
 
-# One D step and one G step per dispatch; the state's buffers are reused in place.
-_train_step = jax.jit(steps.train_step, static_argnums=0, donate_argnums=1)
-_train_step_gather = jax.jit(steps.train_step_gather, static_argnums=0, donate_argnums=1)
+# K iterations per dispatch (lax.scan); the state's buffers are reused in place.
+_train_steps = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
+_train_steps_gather = jax.jit(steps.train_steps_gather, static_argnums=0, donate_argnums=1)
 
 
 def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None) -> steps.GAN:
   """The models, optimizers and loss settings that a config describes."""
   return steps.GAN(
       generator=Generator(config.image_size, config.channels, config.ngf, config.upconv_impl),
-      discriminator=Discriminator(config.image_size, config.ndf),
+      discriminator=Discriminator(config.image_size, config.ndf, config.downconv_impl),
       g_opt=steps.Adam(config.g_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       d_opt=steps.Adam(config.d_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       nz=config.nz, batch_size=batch_size or config.batch_size,
@@ -88,8 +88,10 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _mean_row(pending: list[steps.Metrics]) -> dict[str, float]:
+  """Means over every step of the pending dispatches (each metric is (K,) per dispatch)."""
   stacked = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+  return {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in stacked])))
+          for k in stacked[0]}
 
 
 class _RunOutputs:
@@ -108,16 +110,17 @@ class _RunOutputs:
     self.pending: list[steps.Metrics] = []
     self.timed_steps, self.t0 = 0, time.perf_counter()
 
-  def step_done(self, done: int, state: steps.TrainState, step_metrics: steps.Metrics) -> None:
-    """Called after each step with the number of steps done (counted on the host, so
-    that nothing waits for the device) and the state after it."""
+  def steps_done(self, done: int, num_steps: int, state: steps.TrainState,
+                 step_metrics: steps.Metrics) -> None:
+    """Called after each dispatch of num_steps steps with the number of steps done
+    (counted on the host, so that nothing waits for the device) and the state after it."""
     c = self.config
     self.pending.append(step_metrics)
-    if done == self.start + 1:  # leave compilation out of images/s
+    if done == self.start + num_steps:  # leave the first dispatch's compilation out of images/s
       jax.block_until_ready(step_metrics)
       self.t0 = time.perf_counter()
     else:
-      self.timed_steps += 1
+      self.timed_steps += num_steps
     last = done == self.total
     if done % c.log_every_steps == 0 or last:
       self._log(done)
@@ -144,16 +147,19 @@ class _RunOutputs:
 
 def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, start: int,
           total: int):
-  """(step function, prefetcher of its batch argument) for steps start..total-1."""
+  """(dispatch function, prefetcher of (chunk length, its batch argument)) from start to total."""
   batches = input_pipeline.Batches(data, config.batch_size, config.seed)
+  chunks = input_pipeline.plan_chunks(
+      start, total, config.steps_per_dispatch,
+      (config.log_every_steps, config.sample_every_steps, config.checkpoint_every_steps))
   if config.data_on_device:
     on_device = jax.device_put(np.asarray(data))
-    step_fn = lambda s, idx: _train_step_gather(gan, s, on_device, idx)
-    make = lambda step: jax.device_put(np.sort(batches.indices(step)).astype(np.int32))
+    run = lambda s, idx: _train_steps_gather(gan, s, on_device, idx)
+    make = lambda c: (c[1], jax.device_put(batches.chunk_indices(*c)))
   else:
-    step_fn = lambda s, images: _train_step(gan, s, images)
-    make = lambda step: jax.device_put(batches[step])
-  return step_fn, input_pipeline.Prefetcher(make, start, total, config.prefetch_batches)
+    run = lambda s, images: _train_steps(gan, s, images)
+    make = lambda c: (c[1], jax.device_put(batches.chunk(*c)))
+  return run, input_pipeline.Prefetcher(make, chunks, config.prefetch_batches)
 
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
@@ -162,11 +168,13 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
   """Steps from state.step to total, logging, sampling and checkpointing on the way."""
   start = int(state.step)
   outputs = _RunOutputs(config, workdir, ckpt, start, total, len(data) // config.batch_size)
-  step_fn, prefetcher = _feed(config, gan, data, start, total)
+  run, prefetcher = _feed(config, gan, data, start, total)
+  done = start
   try:
-    for done, batch in enumerate(prefetcher, start + 1):
-      state, step_metrics = step_fn(state, batch)
-      outputs.step_done(done, state, step_metrics)
+    for num_steps, batch in prefetcher:
+      state, step_metrics = run(state, batch)
+      done += num_steps
+      outputs.steps_done(done, num_steps, state, step_metrics)
   finally:
     prefetcher.close()
     outputs.close()

@@ -159,9 +159,29 @@ def test_epoch_order_pinned():
   assert not np.array_equal(input_pipeline.epoch_order(50, 0, 0), input_pipeline.epoch_order(50, 0, 1))
 
 
+def test_plan_chunks_end_on_every_interval():
+  assert input_pipeline.plan_chunks(0, 12, 4, (5,)) == [(0, 4), (4, 1), (5, 4), (9, 1), (10, 2)]
+  assert input_pipeline.plan_chunks(7, 9, 100, (50, 500)) == [(7, 2)]
+  assert input_pipeline.plan_chunks(0, 6, 1, (2,)) == [(s, 1) for s in range(6)]
+  chunks = input_pipeline.plan_chunks(3, 1000, 16, (50, 200, 500))
+  assert sum(n for _, n in chunks) == 997 and {n for _, n in chunks} == {16, 15, 2}
+  ends = {first + n for first, n in chunks}
+  assert all(m in ends for m in range(50, 1000, 50))  # few sizes to compile, every boundary hit
+
+
+def test_chunks_stack_the_batches_of_consecutive_steps():
+  images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+  batches = input_pipeline.Batches(images, 3, seed=7)
+  chunk = batches.chunk(2, 3)
+  assert chunk.shape == (3, 3, 1, 1, 1)
+  for k in range(3):
+    np.testing.assert_array_equal(chunk[k], batches[2 + k])
+    np.testing.assert_array_equal(batches.chunk_indices(2, 3)[k], np.sort(batches.indices(2 + k)))
+
+
 def test_prefetcher_yields_in_order_runs_ahead_and_reraises():
   made = []
-  prefetcher = input_pipeline.Prefetcher(lambda s: made.append(s) or s * 10, 3, 8, size=2)
+  prefetcher = input_pipeline.Prefetcher(lambda s: made.append(s) or s * 10, range(3, 8), size=2)
   first = next(iter(prefetcher))
   assert first == 30
   assert list(prefetcher) == [40, 50, 60, 70]
@@ -173,7 +193,7 @@ def test_prefetcher_yields_in_order_runs_ahead_and_reraises():
       raise ValueError("step 2 broke")
     return step
 
-  broken = input_pipeline.Prefetcher(fail, 0, 5)
+  broken = input_pipeline.Prefetcher(fail, range(5))
   with pytest.raises(ValueError, match="step 2 broke"):
     list(broken)
   broken.close()
@@ -181,7 +201,7 @@ def test_prefetcher_yields_in_order_runs_ahead_and_reraises():
 
 def test_prefetcher_close_stops_the_producer_early():
   made = []
-  prefetcher = input_pipeline.Prefetcher(lambda s: made.append(s) or s, 0, 10_000, size=2)
+  prefetcher = input_pipeline.Prefetcher(lambda s: made.append(s) or s, range(10_000), size=2)
   next(iter(prefetcher))
   prefetcher.close()
   assert len(made) < 10 and not prefetcher._thread.is_alive()  # pylint: disable=protected-access

@@ -133,7 +133,18 @@ def test_unsupported_size_raises():
     _shapes(models.Generator(48, 3, 8), jnp.zeros((1, 16)))
 
 
-@pytest.mark.parametrize("impl", ["phase", "auto"])
+@pytest.mark.parametrize("impl", ["matmul", "auto"])
+def test_downconv_impls_share_parameters_and_outputs(g32, impl):
+  z, g_vars = g32
+  images, _ = _forward(G32, g_vars, z, False)
+  ref_d = models.Discriminator(32, ndf=8, downconv_impl="xla")
+  d_vars = _init(ref_d, images)
+  ref, _ = _forward(ref_d, d_vars, images, True)
+  got, _ = _forward(models.Discriminator(32, ndf=8, downconv_impl=impl), d_vars, images, True)
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["phase", "matmul", "auto"])
 def test_upconv_impls_share_parameters_and_outputs(g32, impl):
   z, g_vars = g32
   ref, _ = _forward(models.Generator(32, 3, ngf=8, upconv_impl="xla"), g_vars, z, False)

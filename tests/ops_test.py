@@ -1,5 +1,7 @@
 """The transposed convolutions against a numpy reference of PyTorch's ConvTranspose2d."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,7 +27,36 @@ def to_flax_kernel(w_IxOxKxK):
   return np.transpose(w_IxOxKxK, (2, 3, 1, 0))
 
 
-@pytest.mark.parametrize("impl", ["xla", "phase", "auto"])
+def torch_conv2d(x_BxIxHxW, w_OxIxKxK, stride, padding):
+  """PyTorch's Conv2d (no bias) by its definition, on the zero-padded input."""
+  xp = np.pad(x_BxIxHxW, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+  k = w_OxIxKxK.shape[-1]
+  out_h = (xp.shape[2] - k) // stride + 1
+  out_w = (xp.shape[3] - k) // stride + 1
+  out = np.zeros((x_BxIxHxW.shape[0], w_OxIxKxK.shape[0], out_h, out_w))
+  for y in range(out_h):
+    for x in range(out_w):
+      window = xp[:, :, y * stride:y * stride + k, x * stride:x * stride + k]
+      out[:, :, y, x] = np.einsum("bikl,oikl->bo", window, w_OxIxKxK)
+  return out
+
+
+@pytest.mark.parametrize("impl", ["xla", "matmul", "auto"])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 3, 5), (1, 8, 6, 8, 16), (3, 2, 2, 2, 1)])
+def test_conv_4x2_matches_pytorch_definition(impl, shape):
+  b, h, w, i_ch, o_ch = shape
+  rng = np.random.default_rng(sum(shape))
+  x_nchw = rng.normal(size=(b, i_ch, h, w))
+  weight = rng.normal(size=(o_ch, i_ch, 4, 4))  # Conv2d.weight
+  expected = torch_conv2d(x_nchw, weight, stride=2, padding=1)
+  got = ops.conv_4x2(np.transpose(x_nchw, (0, 2, 3, 1)).astype(np.float32),
+                     np.transpose(weight, (2, 3, 1, 0)).astype(np.float32), impl)
+  assert got.shape == (b, h // 2, w // 2, o_ch)
+  np.testing.assert_allclose(np.transpose(np.asarray(got), (0, 3, 1, 2)), expected,
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "phase", "matmul", "auto"])
 @pytest.mark.parametrize("shape", [(2, 4, 4, 3, 5), (1, 5, 7, 8, 16), (3, 1, 1, 2, 1)])
 def test_conv_transpose_4x2_matches_pytorch_definition(impl, shape):
   b, h, w, i_ch, o_ch = shape
@@ -58,8 +89,29 @@ def test_reference_itself_on_a_hand_computed_case():
   np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), 2.0))
 
 
-def test_resolve_upconv_impl():
-  assert ops.resolve_upconv_impl("auto", 64, "cpu") == "phase"
+def test_gradients_of_all_forms_agree():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 4, 4, 6)).astype(np.float32)
+  up_k = rng.normal(size=(4, 4, 5, 6)).astype(np.float32)
+  down_k = rng.normal(size=(4, 4, 6, 5)).astype(np.float32)
+
+  def grads(fn, kernel):
+    return jax.grad(lambda x, k: jnp.sum(jnp.sin(fn(x, k))), argnums=(0, 1))(x, kernel)
+
+  for fn in (ops.conv_transpose_4x2_phase, ops.conv_transpose_4x2_matmul):
+    for got, want in zip(grads(fn, up_k), grads(ops.conv_transpose_4x2_xla, up_k)):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  for got, want in zip(grads(ops.conv_4x2_matmul, down_k), grads(ops.conv_4x2_xla, down_k)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_resolve_impls():
+  assert ops.resolve_downconv_impl("auto", "cpu") == "matmul"
+  assert ops.resolve_downconv_impl("auto", "gpu") == "xla"
+  assert ops.resolve_downconv_impl("xla", "cpu") == "xla"
+  with pytest.raises(ValueError, match="'fft'"):
+    ops.resolve_downconv_impl("fft", "cpu")
+  assert ops.resolve_upconv_impl("auto", 64, "cpu") == "matmul"
   assert ops.resolve_upconv_impl("auto", 3, "cpu") == "xla"
   assert ops.resolve_upconv_impl("auto", 64, "gpu") == "xla"
   assert ops.resolve_upconv_impl("phase", 3, "cpu") == "phase"

@@ -67,13 +67,18 @@ def test_resumed_run_continues_and_equals_an_uninterrupted_run(six_step_run, tmp
   assert _leaves_equal(jax.device_get(resumed), jax.device_get(straight))
 
 
-def test_dataset_on_device_gives_the_same_run(six_step_run, tmp_path):
-  _, on_host = six_step_run
+@pytest.mark.parametrize("field,value", [("data_on_device", True), ("steps_per_dispatch", 4)])
+def test_feeding_options_give_the_same_run(six_step_run, tmp_path, field, value):
+  _, one_per_dispatch = six_step_run
   config = tiny_config(6)
-  config.data_on_device = True
-  on_device = train.train_and_evaluate(config, str(tmp_path))
-  for a, b in zip(jax.tree.leaves(jax.device_get(on_device)), jax.tree.leaves(jax.device_get(on_host))):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  config[field] = value
+  other = train.train_and_evaluate(config, str(tmp_path))
+  for a, b in zip(jax.tree.leaves(jax.device_get(other)),
+                  jax.tree.leaves(jax.device_get(one_per_dispatch))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  rows = metrics.read_metrics(str(tmp_path / "metrics.csv"))
+  assert [r["step"] for r in rows] == ["2", "4", "6"]  # chunks end on every logged step
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
 
 def test_shorter_run_never_overwrites_newer_outputs(six_step_run):

@@ -1,0 +1,218 @@
+"""Training-step throughput of dcgan-jax and of the PyTorch DCGAN tutorial's loop, one device.
+
+Each implementation runs full iterations (D update + G update) on synthetic data after
+warm-up and compilation, in several timed windows; one JSON line per implementation:
+impl, device, image_size, channels, batch_size, ngf, ndf, images_per_s and ms_per_step
+(median window), window_ms, compile_s, peak_memory_bytes (where the backend tells it),
+gflop_per_step (XLA's count for the plain formulation of the model: the mathematics, not a
+faster form's zero taps) and achieved_tflops.
+
+  python benchmarks/throughput.py --impl all --image-size 64 --batch-size 128 --steps 3
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+IMPLS = ("jax", "torch-eager", "torch-compile")
+
+
+def model_gflop_per_step(args) -> float:
+  """FLOPs of one D+G iteration as XLA counts them for the plain (XLA transposed conv) model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
+
+  gan = _jax_gan(args, upconv_impl="xla", downconv_impl="xla")
+  state = jax.eval_shape(lambda: steps.create_train_state(gan, jax.random.PRNGKey(0)))
+  images = jax.ShapeDtypeStruct((args.batch_size, args.image_size, args.image_size,
+                                 args.channels), jnp.uint8)
+  cost = jax.jit(steps.train_step, static_argnums=0).lower(gan, state, images).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost["flops"] / 1e9
+
+
+def _jax_gan(args, upconv_impl: str, downconv_impl: str):
+  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.models import Discriminator, Generator  # pylint: disable=g-import-not-at-top
+
+  return steps.GAN(Generator(args.image_size, args.channels, args.ngf, upconv_impl),
+                   Discriminator(args.image_size, args.ndf, downconv_impl),
+                   steps.Adam(), steps.Adam(),
+                   nz=args.nz, batch_size=args.batch_size)
+
+
+def _windows(run_step, sync, args) -> list[float]:
+  times = []
+  for _ in range(args.windows):
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      run_step()
+    sync()
+    times.append((time.perf_counter() - t0) / args.steps * 1000)
+  return times
+
+
+def bench_jax(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
+
+  gan = _jax_gan(args, args.upconv_impl, args.downconv_impl)
+  state = steps.init_train_state(gan, 0)
+  images = jax.device_put(np.random.default_rng(0).integers(
+      0, 256, (args.batch_size, args.image_size, args.image_size, args.channels), np.uint8))
+  t0 = time.perf_counter()
+  step = jax.jit(steps.train_step, static_argnums=0, donate_argnums=1).lower(
+      gan, state, images).compile()
+  compile_s = time.perf_counter() - t0
+  box = {"state": state}
+
+  def run_step():
+    box["state"], box["metrics"] = step(box["state"], images)
+
+  for _ in range(args.warmup):
+    run_step()
+  jax.block_until_ready(box["metrics"])
+  times = _windows(run_step, lambda: jax.block_until_ready(box["metrics"]), args)
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"impl": "jax", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+          "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl, "compile_s": round(compile_s, 2),
+          "peak_memory_bytes": stats.get("peak_bytes_in_use"), "window_ms": times,
+          "versions": {"jax": jax.__version__}}
+
+
+def _torch_models(args):
+  """The tutorial's netG/netD, generalised to 32/64/128 px as dcgan_jax.models is."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  n = args.image_size.bit_length() - 3
+  g_layers, width = [], args.ngf * 2 ** (n - 1)
+  g_layers += [nn.ConvTranspose2d(args.nz, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width),
+               nn.ReLU(True)]
+  for _ in range(n - 1):
+    g_layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                 nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+    width //= 2
+  g_layers += [nn.ConvTranspose2d(width, args.channels, 4, 2, 1, bias=False), nn.Tanh()]
+  d_layers, width = [nn.Conv2d(args.channels, args.ndf, 4, 2, 1, bias=False),
+                     nn.LeakyReLU(0.2, inplace=True)], args.ndf
+  for _ in range(n - 1):
+    d_layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
+                 nn.LeakyReLU(0.2, inplace=True)]
+    width *= 2
+  d_layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False), nn.Sigmoid()]
+
+  def weights_init(m):
+    if "Conv" in type(m).__name__:
+      nn.init.normal_(m.weight.data, 0.0, 0.02)
+    elif "BatchNorm" in type(m).__name__:
+      nn.init.normal_(m.weight.data, 1.0, 0.02)
+      nn.init.constant_(m.bias.data, 0)
+
+  net_g, net_d = nn.Sequential(*g_layers), nn.Sequential(*d_layers)
+  net_g.apply(weights_init)
+  net_d.apply(weights_init)
+  return net_g, net_d
+
+
+def bench_torch(args, compiled: bool) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  torch.manual_seed(999)
+  net_g, net_d = (m.to(device) for m in _torch_models(args))
+  run_g, run_d = (torch.compile(net_g), torch.compile(net_d)) if compiled else (net_g, net_d)
+  criterion = torch.nn.BCELoss()
+  opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+  opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+  real = torch.rand(args.batch_size, args.channels, args.image_size, args.image_size,
+                    device=device) * 2 - 1
+  label = torch.empty(args.batch_size, device=device)
+
+  def run_step():  # the tutorial's training iteration
+    net_d.zero_grad()
+    label.fill_(1.0)
+    err_d_real = criterion(run_d(real).view(-1), label)
+    err_d_real.backward()
+    noise = torch.randn(args.batch_size, args.nz, 1, 1, device=device)
+    fake = run_g(noise)
+    label.fill_(0.0)
+    err_d_fake = criterion(run_d(fake.detach()).view(-1), label)
+    err_d_fake.backward()
+    opt_d.step()
+    net_g.zero_grad()
+    label.fill_(1.0)
+    err_g = criterion(run_d(fake).view(-1), label)
+    err_g.backward()
+    opt_g.step()
+
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+  t0 = time.perf_counter()
+  run_step()
+  sync()
+  first_s = time.perf_counter() - t0
+  for _ in range(args.warmup):
+    run_step()
+  sync()
+  if device.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+  times = _windows(run_step, sync, args)
+  return {"impl": "torch-compile" if compiled else "torch-eager",
+          "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+          "backend": device.type, "compile_s": round(first_s, 2),
+          "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+          "window_ms": times, "threads": torch.get_num_threads(),
+          "versions": {"torch": torch.__version__}}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--impl", choices=IMPLS + ("all",), default="all")
+  parser.add_argument("--image-size", type=int, default=64)
+  parser.add_argument("--channels", type=int, default=3)
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--ngf", type=int, default=64)
+  parser.add_argument("--ndf", type=int, default=64)
+  parser.add_argument("--nz", type=int, default=100)
+  parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
+  parser.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--upconv-impl", default="auto", choices=("auto", "xla", "phase", "matmul"))
+  parser.add_argument("--downconv-impl", default="auto", choices=("auto", "xla", "matmul"))
+  args = parser.parse_args()
+
+  impls = IMPLS if args.impl == "all" else (args.impl,)
+  gflop = model_gflop_per_step(args)
+  for impl in impls:
+    if impl.startswith("torch") and importlib.util.find_spec("torch") is None:
+      print(json.dumps({"impl": impl, "skipped": "torch is not installed"}), flush=True)
+      continue
+    try:
+      result = bench_jax(args) if impl == "jax" else bench_torch(args, impl == "torch-compile")
+    except Exception as e:  # pylint: disable=broad-except  # report it, go on with the others
+      print(json.dumps({"impl": impl, "image_size": args.image_size, "batch_size": args.batch_size,
+                        "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}),
+            flush=True)
+      continue
+    ms = statistics.median(result["window_ms"])
+    result.update(image_size=args.image_size, channels=args.channels,
+                  batch_size=args.batch_size, ngf=args.ngf, ndf=args.ndf,
+                  ms_per_step=round(ms, 2), images_per_s=round(args.batch_size / ms * 1000, 1),
+                  gflop_per_step=round(gflop, 2),
+                  achieved_tflops=round(gflop / ms, 3),
+                  window_ms=[round(t, 2) for t in result["window_ms"]],
+                  date=time.strftime("%Y-%m-%d"))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()
