@@ -14,11 +14,10 @@ import dataclasses
 import functools
 import gzip
 import importlib.resources
-import os
 import pathlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -193,9 +192,6 @@ class Batches:
     return np.stack([np.sort(self.indices(s)) for s in range(first_step, first_step + num_steps)]
                     ).astype(np.int32)
 
-  def iterate(self, start_step: int, end_step: int) -> Iterator[np.ndarray]:
-    for step in range(start_step, end_step):
-      yield self[step]
 
 
 def plan_chunks(start: int, end: int, max_steps: int,
