@@ -39,12 +39,12 @@ def model_gflop_per_step(args) -> float:
   return cost["flops"] / 1e9
 
 
-def _jax_gan(args, upconv_impl: str, downconv_impl: str):
+def _jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32"):
   from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
   from dcgan_jax.models import Discriminator, Generator  # pylint: disable=g-import-not-at-top
 
-  return steps.GAN(Generator(args.image_size, args.channels, args.ngf, upconv_impl),
-                   Discriminator(args.image_size, args.ndf, downconv_impl),
+  return steps.GAN(Generator(args.image_size, args.channels, args.ngf, upconv_impl, dtype),
+                   Discriminator(args.image_size, args.ndf, downconv_impl, dtype),
                    steps.Adam(), steps.Adam(),
                    nz=args.nz, batch_size=args.batch_size)
 
@@ -66,7 +66,7 @@ def bench_jax(args) -> dict:
 
   from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
 
-  gan = _jax_gan(args, args.upconv_impl, args.downconv_impl)
+  gan = _jax_gan(args, args.upconv_impl, args.downconv_impl, args.compute_dtype)
   state = steps.init_train_state(gan, 0)
   images = jax.device_put(np.random.default_rng(0).integers(
       0, 256, (args.batch_size, args.image_size, args.image_size, args.channels), np.uint8))
@@ -85,7 +85,8 @@ def bench_jax(args) -> dict:
   times = _windows(run_step, lambda: jax.block_until_ready(box["metrics"]), args)
   stats = jax.devices()[0].memory_stats() or {}
   return {"impl": "jax", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-          "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl, "compile_s": round(compile_s, 2),
+          "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
+          "compute_dtype": args.compute_dtype, "compile_s": round(compile_s, 2),
           "peak_memory_bytes": stats.get("peak_bytes_in_use"), "window_ms": times,
           "versions": {"jax": jax.__version__}}
 
@@ -188,6 +189,8 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--upconv-impl", default="auto", choices=("auto", "xla", "phase", "matmul"))
   parser.add_argument("--downconv-impl", default="auto", choices=("auto", "xla", "matmul"))
+  parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="jax: mixed precision (the torch loops stay float32, as the tutorial)")
   args = parser.parse_args()
 
   impls = IMPLS if args.impl == "all" else (args.impl,)

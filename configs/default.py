@@ -32,6 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.ndf = 32  # discriminator width
   config.upconv_impl = "auto"  # G's transposed convs: 'auto', 'xla', 'phase' or 'matmul' (same maths)
   config.downconv_impl = "auto"  # D's strided convs: 'auto', 'xla' or 'matmul' (same maths)
+  config.compute_dtype = "float32"  # 'bfloat16': mixed precision (params, optimizer, BatchNorm
+  #                                   statistics, images and logits stay float32)
 
   # Optimisation: Adam for both networks, as in the paper.
   config.batch_size = 64

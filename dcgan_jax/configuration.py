@@ -7,6 +7,11 @@ from dcgan_jax.errors import UsageError
 from dcgan_jax.models import SUPPORTED_IMAGE_SIZES
 
 
+# Config fields added after the first release, with the values that reproduce runs made
+# before them; a workdir's saved config gets these where it lacks them.
+ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32"}
+
+
 def _require(ok: bool, field: str, value, why: str) -> None:
   if not ok:
     raise UsageError(f"config.{field}={value!r} {why}")
@@ -37,6 +42,8 @@ def validate(config) -> None:
            f"is not one of {', '.join(ops.UPCONV_IMPLS)}")
   _require(c.downconv_impl in ops.DOWNCONV_IMPLS, "downconv_impl", c.downconv_impl,
            f"is not one of {', '.join(ops.DOWNCONV_IMPLS)}")
+  _require(c.compute_dtype in ("float32", "bfloat16"), "compute_dtype", c.compute_dtype,
+           "is not 'float32' or 'bfloat16'")
   _require(c.sample_bn_mode in ("train", "eval"), "sample_bn_mode", c.sample_bn_mode,
            "is not 'train' or 'eval'")
   _require(c.prefetch_batches >= 1, "prefetch_batches", c.prefetch_batches, "must be >= 1")

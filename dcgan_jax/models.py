@@ -38,25 +38,32 @@ def num_stride2_layers(image_size: int) -> int:
   return image_size.bit_length() - 3  # 32 -> 3, 64 -> 4, 128 -> 5
 
 
+def _cast(dtype: str, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """Inputs and float32 parameters in the compute dtype (parameters stay float32)."""
+  return tuple(a.astype(dtype) for a in arrays)
+
+
 class Project4x4(nn.Module):
   """`ConvTranspose2d(nz, features, 4, 1, 0, bias=False)` on the latent vector."""
   features: int
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, z_BxN: jax.Array) -> jax.Array:
     kernel = self.param("kernel", conv_init, (4, 4, self.features, z_BxN.shape[-1]))
-    return ops.project_4x4(z_BxN, kernel)
+    return ops.project_4x4(*_cast(self.dtype, z_BxN, kernel))
 
 
 class UpConv(nn.Module):
   """`ConvTranspose2d(in, features, 4, 2, 1, bias=False)`: doubles height and width."""
   features: int
   impl: str = "auto"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     kernel = self.param("kernel", conv_init, (4, 4, self.features, x_BxHxWxC.shape[-1]))
-    return ops.conv_transpose_4x2(x_BxHxWxC, kernel, self.impl)
+    return ops.conv_transpose_4x2(*_cast(self.dtype, x_BxHxWxC, kernel), self.impl)
 
 
 class DownConv(nn.Module):
@@ -64,50 +71,62 @@ class DownConv(nn.Module):
   `nn.Conv`'s (a 'kernel' of shape (4, 4, in, features))."""
   features: int
   impl: str = "auto"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     kernel = self.param("kernel", conv_init, (4, 4, x_BxHxWxC.shape[-1], self.features))
-    return ops.conv_4x2(x_BxHxWxC, kernel, self.impl)
+    return ops.conv_4x2(*_cast(self.dtype, x_BxHxWxC, kernel), self.impl)
 
 
 class Generator(nn.Module):
-  """Maps z (B, nz) to images (B, S, S, channels) in [-1, 1]."""
+  """Maps z (B, nz) to float32 images (B, S, S, channels) in [-1, 1].
+
+  dtype 'bfloat16' computes convolutions and activations in bf16; parameters, BatchNorm
+  statistics and the output stay float32.
+  """
   image_size: int = 64
   channels: int = 3
   ngf: int = 64
   upconv_impl: str = "auto"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, z_BxN: jax.Array, train: bool = True) -> jax.Array:
     n = num_stride2_layers(self.image_size)
     width = self.ngf * 2 ** (n - 1)
-    x = Project4x4(width)(z_BxN)
-    x = nn.relu(BatchNorm(use_running_average=not train)(x))
+    bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
+    x = Project4x4(width, self.dtype)(z_BxN)
+    x = nn.relu(bn()(x))
     for _ in range(n - 1):
       width //= 2
-      x = UpConv(width, self.upconv_impl)(x)
-      x = nn.relu(BatchNorm(use_running_average=not train)(x))
-    x = UpConv(self.channels, self.upconv_impl)(x)
-    return jnp.tanh(x)
+      x = UpConv(width, self.upconv_impl, self.dtype)(x)
+      x = nn.relu(bn()(x))
+    x = UpConv(self.channels, self.upconv_impl, self.dtype)(x)
+    return jnp.tanh(x.astype(jnp.float32))
 
 
 class Discriminator(nn.Module):
-  """Maps images (B, S, S, C) in [-1, 1] to one logit per image, (B,)."""
+  """Maps images (B, S, S, C) in [-1, 1] to one float32 logit per image, (B,).
+
+  dtype as for the Generator.
+  """
   image_size: int = 64
   ndf: int = 64
   downconv_impl: str = "auto"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x_BxSxSxC: jax.Array, train: bool = True) -> jax.Array:
     n = num_stride2_layers(self.image_size)
-    x = DownConv(self.ndf, self.downconv_impl, name="Conv_0")(x_BxSxSxC)
+    x = DownConv(self.ndf, self.downconv_impl, self.dtype, name="Conv_0")(x_BxSxSxC)
     x = nn.leaky_relu(x, 0.2)
     width = self.ndf
     for i in range(1, n):
       width *= 2
-      x = DownConv(width, self.downconv_impl, name=f"Conv_{i}")(x)
-      x = nn.leaky_relu(BatchNorm(use_running_average=not train)(x), 0.2)
+      x = DownConv(width, self.downconv_impl, self.dtype, name=f"Conv_{i}")(x)
+      x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+      x = nn.leaky_relu(x, 0.2)
     x = nn.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=conv_init,
-                name=f"Conv_{n}")(x)  # 4x4 -> 1x1
-    return x.reshape(x.shape[0])
+                dtype=self.dtype, name=f"Conv_{n}")(x)  # 4x4 -> 1x1
+    return x.reshape(x.shape[0]).astype(jnp.float32)

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dcgan_jax import images, steps
+from dcgan_jax import configuration, images, steps
 from dcgan_jax.errors import UsageError
 
 _SAMPLE_NOISE_SALT = 0x5A4D  # separates sample noise from training noise for one seed
@@ -35,7 +35,8 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise UsageError(f"--workdir={workdir!r} has no config.json: train there first")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  return ml_collections.ConfigDict({**configuration.ADDED_FIELD_DEFAULTS, **saved})
 
 
 def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,

@@ -22,8 +22,10 @@ _train_steps_gather = jax.jit(steps.train_steps_gather, static_argnums=0, donate
 def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None) -> steps.GAN:
   """The models, optimizers and loss settings that a config describes."""
   return steps.GAN(
-      generator=Generator(config.image_size, config.channels, config.ngf, config.upconv_impl),
-      discriminator=Discriminator(config.image_size, config.ndf, config.downconv_impl),
+      generator=Generator(config.image_size, config.channels, config.ngf, config.upconv_impl,
+                          config.compute_dtype),
+      discriminator=Discriminator(config.image_size, config.ndf, config.downconv_impl,
+                                  config.compute_dtype),
       g_opt=steps.Adam(config.g_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       d_opt=steps.Adam(config.d_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       nz=config.nz, batch_size=batch_size or config.batch_size,

@@ -1,10 +1,13 @@
 """Sampling from a trained workdir: grids, single images, seeds and BatchNorm modes."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan_jax import sampling, train
+from dcgan_jax import configuration, sampling, train
 from dcgan_jax.errors import UsageError
 from train_test import tiny_config
 
@@ -36,6 +39,20 @@ def test_bn_modes_give_different_images(workdir):
   eval_mode = sampling.sample_from_workdir(workdir, seed=2, grid_size=4, bn_mode="eval")[0]
   assert eval_mode.endswith("_eval.png")
   assert not np.array_equal(np.asarray(Image.open(train_mode)), np.asarray(Image.open(eval_mode)))
+
+
+def test_workdir_from_before_later_config_fields(workdir):
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  older = {k: v for k, v in saved.items() if k not in configuration.ADDED_FIELD_DEFAULTS}
+  with open(path, "w") as f:
+    json.dump(older, f)
+  try:
+    assert Image.open(sampling.sample_from_workdir(workdir, grid_size=4)[0]).size == (70, 70)
+  finally:
+    with open(path, "w") as f:
+      json.dump(saved, f)
 
 
 def test_errors_name_the_problem(workdir, tmp_path):

@@ -81,6 +81,16 @@ def test_feeding_options_give_the_same_run(six_step_run, tmp_path, field, value)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
 
+def test_bfloat16_run_trains_with_float32_state(tmp_path):
+  config = tiny_config(4)
+  config.compute_dtype = "bfloat16"
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4
+  assert all(x.dtype in (np.float32, np.int32, np.uint32) for x in jax.tree.leaves(state))
+  rows = metrics.read_metrics(str(tmp_path / "metrics.csv"))
+  assert all(np.isfinite(float(r["loss_d"])) and np.isfinite(float(r["loss_g"])) for r in rows)
+
+
 def test_shorter_run_never_overwrites_newer_outputs(six_step_run):
   workdir, _ = six_step_run
   ckpt_dir = os.path.join(workdir, "checkpoints")
