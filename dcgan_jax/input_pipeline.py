@@ -180,8 +180,13 @@ class Batches:
       self._epoch, self._order = epoch, epoch_order(len(self.images), self.seed, epoch)
     return self._order[pos * self.batch_size:(pos + 1) * self.batch_size]
 
+  def batch_indices(self, step: int) -> np.ndarray:
+    """The images of step's batch in the order they are fed: sorted, so that reads of the
+    memory-mapped cache are sequential; host and on-device feeding both use this order."""
+    return np.sort(self.indices(step))
+
   def __getitem__(self, step: int) -> np.ndarray:
-    return self.images[np.sort(self.indices(step))]  # sorted: sequential reads of the cache
+    return self.images[self.batch_indices(step)]
 
   def chunk(self, first_step: int, num_steps: int) -> np.ndarray:
     """The batches of num_steps consecutive steps, stacked: (K, B, S, S, C)."""
@@ -189,9 +194,8 @@ class Batches:
 
   def chunk_indices(self, first_step: int, num_steps: int) -> np.ndarray:
     """The sorted image indices of num_steps consecutive steps: (K, B) int32."""
-    return np.stack([np.sort(self.indices(s)) for s in range(first_step, first_step + num_steps)]
+    return np.stack([self.batch_indices(s) for s in range(first_step, first_step + num_steps)]
                     ).astype(np.int32)
-
 
 
 def plan_chunks(start: int, end: int, max_steps: int,
