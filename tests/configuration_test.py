@@ -32,6 +32,11 @@ def test_celeba_has_the_tutorial_settings():
     ("g_learning_rate", 0.0, "config.g_learning_rate=0.0"),
     ("upconv_impl", "fft", "config.upconv_impl='fft'"),
     ("sample_bn_mode", "test", "config.sample_bn_mode='test'"),
+    ("downconv_impl", "phase", "config.downconv_impl='phase'"),
+    ("compute_dtype", "float16", "config.compute_dtype='float16'"),
+    ("steps_per_dispatch", 0, "config.steps_per_dispatch=0"),
+    ("prefetch_batches", 0, "config.prefetch_batches=0"),
+    ("decode_workers", -1, "config.decode_workers=-1"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = default.get_config()
