@@ -5,7 +5,8 @@ warm-up and compilation, in several timed windows; one JSON line per implementat
 impl, device, image_size, channels, batch_size, ngf, ndf, images_per_s and ms_per_step
 (median window), window_ms, compile_s, peak_memory_bytes (where the backend tells it),
 gflop_per_step (XLA's count for the plain formulation of the model: the mathematics, not a
-faster form's zero taps) and achieved_tflops.
+faster form's zero taps) and achieved_tflops. Several implementations run one after the
+other, each in its own process; --rounds repeats that sequence (a "round" field tells which).
 
   python benchmarks/throughput.py --impl all --image-size 64 --batch-size 128 --steps 3
 """
@@ -15,6 +16,7 @@ import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -49,18 +51,17 @@ def _jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32")
                    nz=args.nz, batch_size=args.batch_size)
 
 
-def _windows(run_step, sync, args) -> list[float]:
-  times = []
-  for _ in range(args.windows):
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-      run_step()
-    sync()
-    times.append((time.perf_counter() - t0) / args.steps * 1000)
-  return times
+def _window_ms(run_step, sync, steps: int) -> float:
+  """Mean milliseconds per step over one timed window of `steps` steps."""
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    run_step()
+  sync()
+  return (time.perf_counter() - t0) / steps * 1000
 
 
-def bench_jax(args) -> dict:
+def setup_jax(args):
+  """Compiles and warms up dcgan-jax's train step; returns (run_step, sync, info)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -79,16 +80,22 @@ def bench_jax(args) -> dict:
   def run_step():
     box["state"], box["metrics"] = step(box["state"], images)
 
+  def sync():
+    jax.block_until_ready(box["state"])
+
   for _ in range(args.warmup):
     run_step()
-  jax.block_until_ready(box["metrics"])
-  times = _windows(run_step, lambda: jax.block_until_ready(box["metrics"]), args)
-  stats = jax.devices()[0].memory_stats() or {}
-  return {"impl": "jax", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-          "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
-          "compute_dtype": args.compute_dtype, "compile_s": round(compile_s, 2),
-          "peak_memory_bytes": stats.get("peak_bytes_in_use"), "window_ms": times,
-          "versions": {"jax": jax.__version__}}
+  sync()
+
+  def info():
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"impl": "jax", "device": jax.devices()[0].device_kind,
+            "backend": jax.default_backend(),
+            "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
+            "compute_dtype": args.compute_dtype, "compile_s": round(compile_s, 2),
+            "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+            "versions": {"jax": jax.__version__}}
+  return run_step, sync, info
 
 
 def _torch_models(args):
@@ -125,7 +132,8 @@ def _torch_models(args):
   return net_g, net_d
 
 
-def bench_torch(args, compiled: bool) -> dict:
+def setup_torch(args, compiled: bool):
+  """The tutorial's loop, run once (compiling, if asked) and warmed up: (run_step, sync, info)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,18 +174,21 @@ def bench_torch(args, compiled: bool) -> dict:
   sync()
   if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
-  times = _windows(run_step, sync, args)
-  return {"impl": "torch-compile" if compiled else "torch-eager",
-          "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-          "backend": device.type, "compile_s": round(first_s, 2),
-          "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-          "window_ms": times, "threads": torch.get_num_threads(),
-          "versions": {"torch": torch.__version__}}
+
+  def info():
+    cuda = device.type == "cuda"
+    return {"impl": "torch-compile" if compiled else "torch-eager",
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "backend": device.type, "compile_s": round(first_s, 2),
+            "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+            "threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
+  return run_step, sync, info
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--impl", choices=IMPLS + ("all",), default="all")
+  parser.add_argument("--impl", default="all",
+                      help=f"'all' or a comma-separated list of {', '.join(IMPLS)}")
   parser.add_argument("--image-size", type=int, default=64)
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--batch-size", type=int, default=128)
@@ -186,35 +197,66 @@ def main() -> None:
   parser.add_argument("--nz", type=int, default=100)
   parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
   parser.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="run the implementations in turn this many times, each in its own process")
   parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--upconv-impl", default="auto", choices=("auto", "xla", "phase", "matmul"))
+  parser.add_argument("--upconv-impl", default="auto", choices=("auto", "xla", "phase", "matmul", "col2im"))
   parser.add_argument("--downconv-impl", default="auto", choices=("auto", "xla", "matmul"))
   parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
                       help="jax: mixed precision (the torch loops stay float32, as the tutorial)")
   args = parser.parse_args()
 
-  impls = IMPLS if args.impl == "all" else (args.impl,)
-  gflop = model_gflop_per_step(args)
+  impls = IMPLS if args.impl == "all" else tuple(args.impl.split(","))
   for impl in impls:
-    if impl.startswith("torch") and importlib.util.find_spec("torch") is None:
-      print(json.dumps({"impl": impl, "skipped": "torch is not installed"}), flush=True)
-      continue
-    try:
-      result = bench_jax(args) if impl == "jax" else bench_torch(args, impl == "torch-compile")
-    except Exception as e:  # pylint: disable=broad-except  # report it, go on with the others
-      print(json.dumps({"impl": impl, "image_size": args.image_size, "batch_size": args.batch_size,
-                        "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}),
-            flush=True)
-      continue
-    ms = statistics.median(result["window_ms"])
-    result.update(image_size=args.image_size, channels=args.channels,
-                  batch_size=args.batch_size, ngf=args.ngf, ndf=args.ndf,
-                  ms_per_step=round(ms, 2), images_per_s=round(args.batch_size / ms * 1000, 1),
-                  gflop_per_step=round(gflop, 2),
-                  achieved_tflops=round(gflop / ms, 3),
-                  window_ms=[round(t, 2) for t in result["window_ms"]],
-                  date=time.strftime("%Y-%m-%d"))
-    print(json.dumps(result), flush=True)
+    if impl not in IMPLS:
+      parser.error(f"--impl {impl!r} is not one of {', '.join(IMPLS)} or 'all'")
+  if len(impls) > 1 or args.rounds > 1:
+    _run_isolated(impls, args.rounds)
+    return
+  impl = impls[0]
+  if impl.startswith("torch") and importlib.util.find_spec("torch") is None:
+    print(json.dumps({"impl": impl, "skipped": "torch is not installed"}), flush=True)
+    return
+  gflop = model_gflop_per_step(args)
+  try:
+    run_step, sync, info = (setup_jax(args) if impl == "jax"
+                            else setup_torch(args, impl == "torch-compile"))
+  except Exception as e:  # pylint: disable=broad-except  # report it as a JSON line
+    print(json.dumps({"impl": impl, "image_size": args.image_size, "batch_size": args.batch_size,
+                      "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}),
+          flush=True)
+    return
+  window_ms = [_window_ms(run_step, sync, args.steps) for _ in range(args.windows)]
+  ms = statistics.median(window_ms)
+  result = info()
+  result.update(image_size=args.image_size, channels=args.channels,
+                batch_size=args.batch_size, ngf=args.ngf, ndf=args.ndf,
+                ms_per_step=round(ms, 2), images_per_s=round(args.batch_size / ms * 1000, 1),
+                gflop_per_step=round(gflop, 2), achieved_tflops=round(gflop / ms, 3),
+                window_ms=[round(t, 2) for t in window_ms],
+                glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                date=time.strftime("%Y-%m-%d"))
+  print(json.dumps(result), flush=True)
+
+
+def _run_isolated(impls: tuple[str, ...], rounds: int) -> None:
+  """Each implementation in its own process (their thread pools would slow each other
+  down in one), in turn, `rounds` times: adjacent runs see the same machine speed."""
+  argv, skip = [], False
+  for arg in sys.argv[1:]:  # the same flags, one implementation and one round per child
+    if skip:
+      skip = False
+    elif arg in ("--impl", "--rounds"):
+      skip = True
+    elif not arg.startswith(("--impl=", "--rounds=")):
+      argv.append(arg)
+  for r in range(rounds):
+    for impl in impls:
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), "--impl", impl, *argv],
+                           stdout=subprocess.PIPE, text=True, check=False).stdout
+      for line in out.splitlines():
+        if line.startswith("{"):
+          print(json.dumps({**json.loads(line), "round": r}), flush=True)
 
 
 if __name__ == "__main__":

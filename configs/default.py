@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.nz = 100  # latent size
   config.ngf = 32  # generator width (the widest layer is ngf * image_size / 8)
   config.ndf = 32  # discriminator width
-  config.upconv_impl = "auto"  # G's transposed convs: 'auto', 'xla', 'phase' or 'matmul' (same maths)
+  config.upconv_impl = "auto"  # G's transposed convs: 'auto', 'xla', 'phase', 'matmul' or 'col2im' (same maths)
   config.downconv_impl = "auto"  # D's strided convs: 'auto', 'xla' or 'matmul' (same maths)
   config.compute_dtype = "float32"  # 'bfloat16': mixed precision (params, optimizer, BatchNorm
   #                                   statistics, images and logits stay float32)

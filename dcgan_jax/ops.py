@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
-UPCONV_IMPLS = ("auto", "xla", "phase", "matmul")
+UPCONV_IMPLS = ("auto", "xla", "phase", "matmul", "col2im")
 DOWNCONV_IMPLS = ("auto", "xla", "matmul")
 
 
@@ -84,6 +84,33 @@ def conv_transpose_4x2_matmul(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -
   return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, out)
 
 
+# The transposed conv's taps by output phase, as (input shift d, kernel tap k): output 2m + a
+# is the sum over the pairs of phase a of x[m + d] * w[k].
+_PHASE_SHIFT_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
+
+
+def conv_transpose_4x2_col2im(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
+  """`ConvTranspose2d(k=4, s=2, p=1)` by its definition: every input pixel times the whole
+  kernel, (B*H*W, I) x (I, 16*O), then the 4x4 patches overlap-added at stride 2.
+
+  The matrix product has no zero taps and no window copies of the input; the overlap-add
+  reads 16*O values per input pixel. For the narrow output layer (O = 1 or 3) that is
+  far less data than the windows of the matmul form.
+  """
+  b, h, w, i = x_BxHxWxI.shape
+  out = kernel_4x4xOxI.shape[2]
+  k_Ix16O = kernel_4x4xOxI.transpose(3, 0, 1, 2).reshape(i, 16 * out)
+  patches = (x_BxHxWxI.reshape(-1, i) @ k_Ix16O).reshape(b, h, w, 4, 4, out)
+  padded = jnp.pad(patches, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+  rows = []
+  for a in (0, 1):
+    cols = [sum(padded[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w, kh, kw]
+                for dr, kh in _PHASE_SHIFT_TAPS[a] for dc, kw in _PHASE_SHIFT_TAPS[c])
+            for c in (0, 1)]
+    rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, O): column phase c
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, out)
+
+
 def conv_4x2_xla(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
   """`Conv2d(k=4, s=2, p=1, bias=False)` as XLA's convolution (what `nn.Conv` runs)."""
   return lax.conv_general_dilated(x_BxHxWxI, kernel_4x4xIxO, window_strides=(2, 2),
@@ -91,27 +118,32 @@ def conv_4x2_xla(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
 
 
 def conv_4x2_matmul(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
-  """`Conv2d(k=4, s=2, p=1)` as one matrix product: space-to-depth of the padded input
-  (2x2 blocks to channels) turns it into a 2x2 stride-1 convolution, whose four shifted
-  windows, concatenated, multiply a (16I, O) matrix."""
+  """`Conv2d(k=4, s=2, p=1)` as one matrix product over the 4x4 windows.
+
+  The padded input, viewed as (B, H/2+1, 2, W/2+1, 2I) (a free reshape: row pairs and
+  column pairs), gives every window as eight slices (row block q, row parity r, column
+  block p), each holding two kernel columns' worth of channels; concatenated they are
+  (B*H/2*W/2, 16I), times the kernel as a (16I, O) matrix in (q, r, p, s, i) order.
+  """
   b, h, w, i = x_BxHxWxI.shape
   out = kernel_4x4xIxO.shape[3]
-  xp = jnp.pad(x_BxHxWxI, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  hb, wb = h // 2 + 1, w // 2 + 1
-  blocks = xp.reshape(b, hb, 2, wb, 2, i).transpose(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, 4 * i)
-  # kernel row 2q + r, column 2p + s -> window (q, p), block position (r, s)
-  k_16IxO = kernel_4x4xIxO.reshape(2, 2, 2, 2, i, out).transpose(0, 2, 1, 3, 4, 5)
   ho, wo = h // 2, w // 2
-  windows = jnp.concatenate([blocks[:, q:q + ho, p:p + wo] for q in (0, 1) for p in (0, 1)],
-                            axis=-1)
-  return (windows.reshape(-1, 16 * i) @ k_16IxO.reshape(16 * i, out)).reshape(b, ho, wo, out)
+  xp = jnp.pad(x_BxHxWxI, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, ho + 1, 2, wo + 1, 2 * i)
+  windows = jnp.concatenate([xp[:, q:q + ho, r, p:p + wo]
+                             for q in (0, 1) for r in (0, 1) for p in (0, 1)], axis=-1)
+  # kernel row 2q + r, column 2p + s: a plain reshape of (4, 4, I, O)
+  return (windows.reshape(-1, 16 * i) @ kernel_4x4xIxO.reshape(16 * i, out)).reshape(
+      b, ho, wo, out)
 
 
-def resolve_upconv_impl(impl: str, out_features: int, backend: str | None = None) -> str:
+def resolve_upconv_impl(impl: str, out_features: int, in_size: int = 8,
+                        backend: str | None = None) -> str:
   """Picks the fastest exact form for a layer; `impl` other than 'auto' wins.
 
   On XLA CPU the matmul form's gradient is 2-10x faster than XLA's transposed
-  convolution for wide layers, and slower for the narrow output layer. Other backends
+  convolution for wide layers. The col2im form is faster still where the matmul form's
+  windows cost most: the narrow output layer (3x) and the 4x4 input of the first
+  stride-2 layer, whose (H+1)^2 windows hold 56% more taps than needed. Other backends
   use XLA's transposed convolution until measured otherwise.
   """
   if impl not in UPCONV_IMPLS:
@@ -119,8 +151,8 @@ def resolve_upconv_impl(impl: str, out_features: int, backend: str | None = None
   if impl != "auto":
     return impl
   backend = backend or jax.default_backend()
-  if backend == "cpu" and out_features >= 16:
-    return "matmul"
+  if backend == "cpu":
+    return "matmul" if out_features >= 16 and in_size > 4 else "col2im"
   return "xla"
 
 
@@ -136,11 +168,13 @@ def resolve_downconv_impl(impl: str, backend: str | None = None) -> str:
 def conv_transpose_4x2(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array,
                        impl: str = "auto") -> jax.Array:
   """`ConvTranspose2d(k=4, s=2, p=1, bias=False)`: (B, H, W, I) -> (B, 2H, 2W, O)."""
-  impl = resolve_upconv_impl(impl, kernel_4x4xOxI.shape[2])
+  impl = resolve_upconv_impl(impl, kernel_4x4xOxI.shape[2], x_BxHxWxI.shape[1])
   if impl == "phase":
     return conv_transpose_4x2_phase(x_BxHxWxI, kernel_4x4xOxI)
   if impl == "matmul":
     return conv_transpose_4x2_matmul(x_BxHxWxI, kernel_4x4xOxI)
+  if impl == "col2im":
+    return conv_transpose_4x2_col2im(x_BxHxWxI, kernel_4x4xOxI)
   return conv_transpose_4x2_xla(x_BxHxWxI, kernel_4x4xOxI)
 
 

@@ -113,11 +113,9 @@ def _apply_train(module: nn.Module, params: PyTree, batch_stats: PyTree, x: jax.
   return out, updates["batch_stats"]
 
 
-def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
-  """One discriminator update on a real uint8 batch and a fresh fake batch."""
-  real = to_float(images_u8)
-  fake, _ = _apply_train(gan.generator, state.g_params, state.g_batch_stats,
-                         step_noise(gan, state))
+def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array
+              ) -> tuple[TrainState, Metrics]:
+  """The D update on a real and a fake float batch (no gradient flows into fake)."""
   fake = jax.lax.stop_gradient(fake)
 
   def loss_fn(d_params):
@@ -137,17 +135,14 @@ def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainStat
   return new_state, metrics
 
 
-def g_step(gan: GAN, state: TrainState) -> tuple[TrainState, Metrics]:
-  """One generator update against the current D; advances the step counter."""
-  z = step_noise(gan, state)
+def _g_loss_of_fake(gan: GAN, state: TrainState, fake: jax.Array):
+  """G's loss as a function of the fake batch, against the current D."""
+  logits, _ = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
+  return losses.generator_loss(logits), logits
 
-  def loss_fn(g_params):
-    fake, stats = _apply_train(gan.generator, g_params, state.g_batch_stats, z)
-    logits, _ = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
-    return losses.generator_loss(logits), (stats, logits)
 
-  (loss, (stats, logits)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.g_params)
+def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, loss: jax.Array,
+              logits: jax.Array) -> tuple[TrainState, Metrics]:
   updates, opt_state = gan.g_opt.tx.update(grads, state.g_opt_state, state.g_params)
   new_state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
                             g_batch_stats=stats, g_opt_state=opt_state,
@@ -155,10 +150,42 @@ def g_step(gan: GAN, state: TrainState) -> tuple[TrainState, Metrics]:
   return new_state, {"loss_g": loss, "d_g_z2": jnp.mean(jax.nn.sigmoid(logits))}
 
 
+def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
+  """One discriminator update on a real uint8 batch and a fresh fake batch."""
+  fake, _ = _apply_train(gan.generator, state.g_params, state.g_batch_stats,
+                         step_noise(gan, state))
+  return _d_update(gan, state, to_float(images_u8), fake)
+
+
+def g_step(gan: GAN, state: TrainState) -> tuple[TrainState, Metrics]:
+  """One generator update against the current D; advances the step counter."""
+  z = step_noise(gan, state)
+
+  def loss_fn(g_params):
+    fake, stats = _apply_train(gan.generator, g_params, state.g_batch_stats, z)
+    loss, logits = _g_loss_of_fake(gan, state, fake)
+    return loss, (stats, logits)
+
+  (loss, (stats, logits)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.g_params)
+  return _g_update(gan, state, grads, stats, loss, logits)
+
+
 def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
-  """A full iteration, D step then G step, for one dispatch."""
-  state, d_metrics = d_step(gan, state, images_u8)
-  state, g_metrics = g_step(gan, state)
+  """A full iteration, d_step then g_step, with G's forward pass run once.
+
+  D does not change G, so the G step's fake batch is the D step's: as in the
+  tutorial, G runs forward once and its backward pass reuses that forward's
+  residuals (jax.vjp). Equal to d_step followed by g_step (tested).
+  """
+  g_forward = lambda p: _apply_train(gan.generator, p, state.g_batch_stats,  # noqa: E731
+                                     step_noise(gan, state))
+  fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+  state, d_metrics = _d_update(gan, state, to_float(images_u8), fake)
+  (loss, logits), d_fake = jax.value_and_grad(
+      functools.partial(_g_loss_of_fake, gan, state), has_aux=True)(fake)
+  grads, = g_vjp(d_fake)
+  state, g_metrics = _g_update(gan, state, grads, g_stats, loss, logits)
   return state, {**d_metrics, **g_metrics}
 
 

@@ -56,7 +56,7 @@ def test_conv_4x2_matches_pytorch_definition(impl, shape):
                              rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["xla", "phase", "matmul", "auto"])
+@pytest.mark.parametrize("impl", ["xla", "phase", "matmul", "col2im", "auto"])
 @pytest.mark.parametrize("shape", [(2, 4, 4, 3, 5), (1, 5, 7, 8, 16), (3, 1, 1, 2, 1)])
 def test_conv_transpose_4x2_matches_pytorch_definition(impl, shape):
   b, h, w, i_ch, o_ch = shape
@@ -98,7 +98,8 @@ def test_gradients_of_all_forms_agree():
   def grads(fn, kernel):
     return jax.grad(lambda x, k: jnp.sum(jnp.sin(fn(x, k))), argnums=(0, 1))(x, kernel)
 
-  for fn in (ops.conv_transpose_4x2_phase, ops.conv_transpose_4x2_matmul):
+  for fn in (ops.conv_transpose_4x2_phase, ops.conv_transpose_4x2_matmul,
+             ops.conv_transpose_4x2_col2im):
     for got, want in zip(grads(fn, up_k), grads(ops.conv_transpose_4x2_xla, up_k)):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   for got, want in zip(grads(ops.conv_4x2_matmul, down_k), grads(ops.conv_4x2_xla, down_k)):
@@ -111,9 +112,10 @@ def test_resolve_impls():
   assert ops.resolve_downconv_impl("xla", "cpu") == "xla"
   with pytest.raises(ValueError, match="'fft'"):
     ops.resolve_downconv_impl("fft", "cpu")
-  assert ops.resolve_upconv_impl("auto", 64, "cpu") == "matmul"
-  assert ops.resolve_upconv_impl("auto", 3, "cpu") == "xla"
-  assert ops.resolve_upconv_impl("auto", 64, "gpu") == "xla"
-  assert ops.resolve_upconv_impl("phase", 3, "cpu") == "phase"
+  assert ops.resolve_upconv_impl("auto", 64, 8, "cpu") == "matmul"
+  assert ops.resolve_upconv_impl("auto", 64, 4, "cpu") == "col2im"
+  assert ops.resolve_upconv_impl("auto", 3, 32, "cpu") == "col2im"
+  assert ops.resolve_upconv_impl("auto", 64, 8, "gpu") == "xla"
+  assert ops.resolve_upconv_impl("phase", 3, 32, "cpu") == "phase"
   with pytest.raises(ValueError, match="'fft'"):
-    ops.resolve_upconv_impl("fft", 3, "cpu")
+    ops.resolve_upconv_impl("fft", 3, 32, "cpu")

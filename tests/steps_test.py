@@ -107,12 +107,15 @@ def test_label_smoothing_changes_the_d_loss_by_the_hand_computed_amount(state, r
 
 
 def test_train_step_is_d_step_then_g_step(gan, state, real_batch):
+  # train_step runs G forward once and reuses it for the G update (jax.vjp).
   combined, m = jit_train_step(gan, state, real_batch)
   s, d_metrics = jit_d_step(gan, state, real_batch)
   s, g_metrics = jit_g_step(gan, s)
   for a, b in zip(jax.tree.leaves(combined), jax.tree.leaves(s)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert set(m) == set(d_metrics) | set(g_metrics)
+  for name, value in {**d_metrics, **g_metrics}.items():
+    np.testing.assert_allclose(m[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_same_seed_same_state_other_seed_differs(gan, real_batch):

@@ -1,0 +1,37 @@
+"""The throughput benchmark's JSON-line contract, on a tiny model."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--image-size", "32", "--channels", "1", "--batch-size", "4", "--ngf", "4", "--ndf", "4",
+        "--steps", "1", "--windows", "2", "--warmup", "0"]
+
+
+def _run(*args: str) -> list[dict]:
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *args],
+                       capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+  return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_jax_line_has_the_contract_fields():
+  [line] = _run("--impl", "jax", *TINY)
+  for field in ("impl", "device", "image_size", "batch_size", "images_per_s", "ms_per_step"):
+    assert field in line, field
+  assert line["impl"] == "jax" and line["image_size"] == 32 and line["batch_size"] == 4
+  assert len(line["window_ms"]) == 2 and line["ms_per_step"] > 0
+  assert line["images_per_s"] == round(4 / line["ms_per_step"] * 1000, 1)
+  assert line["gflop_per_step"] > 0
+
+
+def test_rounds_run_each_implementation_in_its_own_process():
+  lines = _run("--impl", "jax", "--rounds", "2", *TINY)
+  assert [(line["impl"], line["round"]) for line in lines] == [("jax", 0), ("jax", 1)]
+
+
+def test_unknown_impl_is_refused():
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"),
+                        "--impl", "jax,mxnet", *TINY], capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 2 and "'mxnet'" in out.stderr
