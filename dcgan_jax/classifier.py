@@ -1,0 +1,147 @@
+"""A small digit classifier trained on the embedded MNIST digits.
+
+It measures generated digits offline: its penultimate features give "classifier FID/KID"
+(fid.py) and its predictions the class histogram of samples (all ten classes present = no
+mode collapse). Trained by the project, deterministically from a seed, on 400 digits per
+class; the last 100 digits of each class are held out for its accuracy.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from PIL import Image
+
+from dcgan_jax import decode, input_pipeline
+
+IMAGE_SIZE = 32
+HELD_OUT_PER_CLASS = 100
+VERSION = 1  # bump when the network, the data split or the training changes
+
+
+class DigitClassifier(nn.Module):
+  """(B, 32, 32, 1) images in [-1, 1] -> (logits (B, 10), features (B, features))."""
+  features: int = 64
+
+  @nn.compact
+  def __call__(self, x_BxSxSx1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x = x_BxSxSx1
+    for width in (16, 32):
+      x = nn.relu(nn.Conv(width, (3, 3))(x))
+      x = nn.relu(nn.Conv(width, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), (2, 2))
+    features = nn.relu(nn.Dense(self.features)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10)(features), features
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  train_images: np.ndarray  # uint8 (N, 32, 32, 1)
+  train_labels: np.ndarray
+  held_out_images: np.ndarray
+  held_out_labels: np.ndarray
+
+
+def embedded_split() -> Split:
+  """The embedded digits at 32x32 (the embedded default's preprocessing), split per class:
+  the last HELD_OUT_PER_CLASS digits of each class (in file order) are held out."""
+  digits, labels = input_pipeline.embedded_digits()
+  images = np.stack([decode.preprocess(Image.fromarray(d), IMAGE_SIZE, 1) for d in digits])
+  held_out = np.zeros(len(labels), bool)
+  for c in range(10):
+    held_out[np.flatnonzero(labels == c)[-HELD_OUT_PER_CLASS:]] = True
+  return Split(images[~held_out], labels[~held_out], images[held_out], labels[held_out])
+
+
+def to_float(images_u8: np.ndarray) -> jax.Array:
+  return jnp.asarray(images_u8, jnp.float32) / 127.5 - 1.0
+
+
+def _shift(key: jax.Array, images_BxSxSx1: jax.Array, max_shift: int) -> jax.Array:
+  """Each image translated by a random whole number of pixels in [-max_shift, max_shift]."""
+  size = images_BxSxSx1.shape[1]
+  padded = jnp.pad(images_BxSxSx1, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)),
+                   constant_values=-1.0)
+  offsets = jax.random.randint(key, (images_BxSxSx1.shape[0], 2), 0, 2 * max_shift + 1)
+  crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (size, size, 1))  # noqa: E731
+  return jax.vmap(crop)(padded, offsets)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train_step(model: DigitClassifier, tx: optax.GradientTransformation, params, opt_state,
+                key, images_u8, labels):
+  images = _shift(key, to_float(images_u8), 2)
+
+  def loss_fn(p):
+    logits, _ = model.apply({"params": p}, images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply(model: DigitClassifier, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Logits and features of float images in [-1, 1]."""
+  return model.apply({"params": params}, images)
+
+
+def predict(model: DigitClassifier, params, images: np.ndarray, batch_size: int = 500
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """Predicted classes (N,) and features (N, F) of float images in [-1, 1], in batches."""
+  classes, features = [], []
+  for i in range(0, len(images), batch_size):
+    logits, feats = apply(model, params, jnp.asarray(images[i:i + batch_size], jnp.float32))
+    classes.append(np.asarray(jnp.argmax(logits, -1)))
+    features.append(np.asarray(feats))
+  return np.concatenate(classes), np.concatenate(features)
+
+
+def train(split: Split, seed: int = 0, epochs: int = 12, batch_size: int = 100,
+          learning_rate: float = 1e-3) -> tuple[DigitClassifier, dict, float]:
+  """Trains the classifier (Adam, random shifts of up to 2 px); returns the model, its
+  params and the held-out accuracy."""
+  model = DigitClassifier()
+  key = jax.random.PRNGKey(seed)
+  init_key, key = jax.random.split(key)
+  params = model.init(init_key, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))["params"]
+  steps_per_epoch = len(split.train_labels) // batch_size
+  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch))
+  opt_state = tx.init(params)
+  rng = np.random.default_rng(seed)
+  for _ in range(epochs):
+    order = rng.permutation(len(split.train_labels))
+    for i in range(steps_per_epoch):
+      idx = order[i * batch_size:(i + 1) * batch_size]
+      key, step_key = jax.random.split(key)
+      params, opt_state, _ = _train_step(model, tx, params, opt_state, step_key,
+                                         split.train_images[idx], split.train_labels[idx])
+  predicted, _ = predict(model, params, to_float(split.held_out_images))
+  return model, params, float(np.mean(predicted == split.held_out_labels))
+
+
+def load_or_train(cache_dir: str | pathlib.Path, seed: int = 0
+                  ) -> tuple[DigitClassifier, dict, float]:
+  """The classifier from cache_dir, trained and stored there on first use."""
+  path = pathlib.Path(cache_dir) / f"digit_classifier_v{VERSION}_seed{seed}.msgpack"
+  meta_path = path.with_suffix(".json")
+  model = DigitClassifier()
+  if path.exists() and meta_path.exists():
+    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))
+    params = flax.serialization.from_bytes(template["params"], path.read_bytes())
+    return model, params, json.loads(meta_path.read_text())["held_out_accuracy"]
+  model, params, accuracy = train(embedded_split(), seed)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_bytes(flax.serialization.to_bytes(params))
+  tmp.replace(path)
+  meta_path.write_text(json.dumps({"held_out_accuracy": accuracy, "seed": seed}))
+  return model, params, accuracy

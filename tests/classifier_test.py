@@ -1,0 +1,69 @@
+"""The digit classifier: data split, augmentation, trained accuracy, cached weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import classifier, fid
+
+
+@pytest.fixture(scope="module")
+def split():
+  return classifier.embedded_split()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  cache = tmp_path_factory.mktemp("classifier")
+  return cache, classifier.load_or_train(cache, seed=0)
+
+
+def test_split_holds_out_100_per_class(split):
+  assert split.train_images.shape == (4000, 32, 32, 1)
+  assert split.held_out_images.shape == (1000, 32, 32, 1)
+  assert split.train_images.dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(split.held_out_labels, minlength=10), [100] * 10)
+  np.testing.assert_array_equal(np.bincount(split.train_labels, minlength=10), [400] * 10)
+
+
+def test_shift_translates_by_whole_pixels():
+  image = jnp.arange(36, dtype=jnp.float32).reshape(1, 6, 6, 1)
+  shifted = classifier._shift(jax.random.PRNGKey(3), jnp.repeat(image, 8, 0), 2)
+  padded = np.pad(np.asarray(image[0]), ((2, 2), (2, 2), (0, 0)), constant_values=-1.0)
+  crops = [padded[r:r + 6, c:c + 6] for r in range(5) for c in range(5)]
+  for s in np.asarray(shifted):
+    assert any(np.array_equal(s, c) for c in crops)
+  assert len({np.asarray(s).tobytes() for s in shifted}) > 1  # not all the same shift
+
+
+def test_trained_accuracy_and_class_predictions(trained, split):
+  _, (model, params, accuracy) = trained
+  assert accuracy >= 0.97
+  predicted, features = classifier.predict(model, params,
+                                           classifier.to_float(split.held_out_images))
+  assert features.shape == (1000, 64)
+  assert float(np.mean(predicted == split.held_out_labels)) == pytest.approx(accuracy)
+  assert np.all(np.bincount(predicted, minlength=10) >= 90)
+
+
+def test_weights_are_cached_and_reloaded(trained):
+  cache, (_, params, accuracy) = trained
+  assert len(list(cache.glob("digit_classifier_v*_seed0.msgpack"))) == 1
+  _, reloaded, reloaded_accuracy = classifier.load_or_train(cache, seed=0)
+  assert reloaded_accuracy == accuracy
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reloaded)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_classifier_fid_separates_digits_from_noise(trained, split):
+  _, (model, params, _) = trained
+  _, train_features = classifier.predict(model, params, classifier.to_float(split.train_images))
+  _, held_features = classifier.predict(model, params,
+                                        classifier.to_float(split.held_out_images))
+  noise = np.random.default_rng(0).uniform(-1, 1, (1000, 32, 32, 1)).astype(np.float32)
+  _, noise_features = classifier.predict(model, params, noise)
+  reference = fid.feature_stats(train_features)
+  floor = fid.frechet_distance(reference, fid.feature_stats(held_features))
+  noise_fid = fid.frechet_distance(reference, fid.feature_stats(noise_features))
+  assert 0 < floor < noise_fid / 10
