@@ -20,6 +20,7 @@ import optax
 from PIL import Image
 
 from dcgan_jax import decode, input_pipeline
+from dcgan_jax.steps import to_float
 
 IMAGE_SIZE = 32
 HELD_OUT_PER_CLASS = 100
@@ -58,10 +59,6 @@ def embedded_split() -> Split:
   for c in range(10):
     held_out[np.flatnonzero(labels == c)[-HELD_OUT_PER_CLASS:]] = True
   return Split(images[~held_out], labels[~held_out], images[held_out], labels[held_out])
-
-
-def to_float(images_u8: np.ndarray) -> jax.Array:
-  return jnp.asarray(images_u8, jnp.float32) / 127.5 - 1.0
 
 
 def _shift(key: jax.Array, images_BxSxSx1: jax.Array, max_shift: int) -> jax.Array:

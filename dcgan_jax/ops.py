@@ -84,9 +84,11 @@ def conv_transpose_4x2_matmul(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -
   return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, out)
 
 
-# The transposed conv's taps by output phase, as (input shift d, kernel tap k): output 2m + a
-# is the sum over the pairs of phase a of x[m + d] * w[k].
-_PHASE_SHIFT_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
+# The same taps as (input shift d, kernel tap k) per output phase: output 2m + a is the sum
+# over the pairs of phase a of x[m + d] * w[k]; window position r of phase a reads
+# x[m + a + r - 1].
+_PHASE_SHIFT_TAPS = {a: tuple((int(a + r - 1), int(k)) for r, k in np.argwhere(_PHASE_TAPS_2x2x4[a]))
+                     for a in (0, 1)}
 
 
 def conv_transpose_4x2_col2im(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
@@ -136,7 +138,7 @@ def conv_4x2_matmul(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Arra
       b, ho, wo, out)
 
 
-def resolve_upconv_impl(impl: str, out_features: int, in_size: int = 8,
+def resolve_upconv_impl(impl: str, out_features: int, in_size: int,
                         backend: str | None = None) -> str:
   """Picks the fastest exact form for a layer; `impl` other than 'auto' wins.
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcgan_jax import classifier, fid
+from dcgan_jax import classifier, fid, steps
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_trained_accuracy_and_class_predictions(trained, split):
   _, (model, params, accuracy) = trained
   assert accuracy >= 0.97
   predicted, features = classifier.predict(model, params,
-                                           classifier.to_float(split.held_out_images))
+                                           steps.to_float(split.held_out_images))
   assert features.shape == (1000, 64)
   assert float(np.mean(predicted == split.held_out_labels)) == pytest.approx(accuracy)
   assert np.all(np.bincount(predicted, minlength=10) >= 90)
@@ -58,9 +58,9 @@ def test_weights_are_cached_and_reloaded(trained):
 
 def test_classifier_fid_separates_digits_from_noise(trained, split):
   _, (model, params, _) = trained
-  _, train_features = classifier.predict(model, params, classifier.to_float(split.train_images))
+  _, train_features = classifier.predict(model, params, steps.to_float(split.train_images))
   _, held_features = classifier.predict(model, params,
-                                        classifier.to_float(split.held_out_images))
+                                        steps.to_float(split.held_out_images))
   noise = np.random.default_rng(0).uniform(-1, 1, (1000, 32, 32, 1)).astype(np.float32)
   _, noise_features = classifier.predict(model, params, noise)
   reference = fid.feature_stats(train_features)
