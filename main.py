@@ -2,7 +2,8 @@
 
   python main.py                                   # the embedded default (MNIST digits)
   python main.py --config configs/celeba.py --workdir runs/celeba
-  python main.py --mode sample --workdir runs/celeba --num_images 16
+  python main.py --mode sample --workdir runs/celeba --num_images 16 --interpolation_frames 16
+  python main.py --mode eval --workdir runs/celeba
 """
 
 import logging as pylogging
@@ -24,13 +25,26 @@ def define_flags() -> None:
       "Training config file; fields are overridden with --config.<field>=<value>.",
       lock_config=True)
   flags.DEFINE_string("workdir", "workdir", "Where checkpoints, metrics and samples go.")
-  flags.DEFINE_enum("mode", "train", ["train", "sample"], "Train, or sample from workdir.")
+  flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                    "Train; sample from workdir; or evaluate workdir's checkpoints.")
   flags.DEFINE_integer("sample_seed", 0, "sample mode: the seed of the latent noise.")
   flags.DEFINE_integer("grid_size", 64, "sample mode: images in the grid.")
   flags.DEFINE_integer("num_images", 0, "sample mode: also write this many single PNGs.")
+  flags.DEFINE_integer("interpolation_frames", 0,
+                       "sample mode: also write a slerp from seed to seed + 1 in this many "
+                       "frames, as a GIF and a PNG strip.")
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                    "sample mode: the latest checkpoint or the best (workdir/best).")
+  flags.DEFINE_bool("ema", False, "sample mode: sample G's EMA (runs with config.g_ema_decay).")
   flags.DEFINE_enum("bn_mode", None, ["train", "eval"],
-                    "sample mode: BatchNorm with batch statistics or running averages "
-                    "(default: the run's config.sample_bn_mode).")
+                    "sample and eval modes: BatchNorm with batch statistics or running "
+                    "averages (default: the run's config.sample_bn_mode).")
+  flags.DEFINE_enum("evaluator", None, ["classifier", "inception"],
+                    "eval mode: the feature extractor (default: the run's config.evaluator).")
+  flags.DEFINE_string("inception_weights", None,
+                      "eval mode: path of pt_inception-2015-12-05-6726825d.pth.")
+  flags.DEFINE_integer("eval_num_samples", None,
+                       "eval mode: generated images (default: the run's config).")
 
 
 def _exit_with(message: str) -> None:
@@ -71,16 +85,22 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-  from dcgan_jax import sampling, train  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import eval_run, sampling, train  # pylint: disable=g-import-not-at-top
 
   try:
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      paths = sampling.sample_from_workdir(FLAGS.workdir, FLAGS.sample_seed, FLAGS.num_images,
-                                           FLAGS.grid_size, FLAGS.bn_mode)
+    elif FLAGS.mode == "sample":
+      paths = sampling.sample_from_workdir(
+          FLAGS.workdir, FLAGS.sample_seed, FLAGS.num_images, FLAGS.grid_size, FLAGS.bn_mode,
+          FLAGS.interpolation_frames, FLAGS.checkpoint, FLAGS.ema)
       logging.info("wrote %s%s", paths[0],
-                   f" and {len(paths) - 1} images beside it" if len(paths) > 1 else "")
+                   f" and {len(paths) - 1} files beside it" if len(paths) > 1 else "")
+    else:
+      report = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.evaluator, FLAGS.inception_weights,
+                                         FLAGS.eval_num_samples, FLAGS.bn_mode)
+      print(eval_run.format_report(report))
+      logging.info("wrote %s", os.path.join(FLAGS.workdir, "eval.json"))
   except UsageError as e:
     _exit_with(str(e))
 

@@ -22,4 +22,8 @@ def get_config():
   config.log_every_steps = 50
   config.sample_every_steps = 500
   config.checkpoint_every_steps = 1000
+  # FID needs the Inception weights (README): --config.evaluator=inception
+  # --config.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth
+  config.evaluator = ""
+  config.eval_every_steps = 2000
   return config

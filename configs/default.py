@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Optimisation: Adam for both networks, as in the paper.
   config.batch_size = 64
-  config.num_train_steps = 3000  # iterations (D step + G step); -1: use num_epochs
+  config.num_train_steps = 10000  # iterations (D step + G step); -1: use num_epochs
   config.num_epochs = -1.0  # used when num_train_steps is -1
   config.g_learning_rate = 2e-4
   config.d_learning_rate = 2e-4
@@ -45,16 +45,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
   config.label_smoothing = 0.0  # one-sided: D's real target is 1 - label_smoothing
+  config.g_ema_decay = 0.0  # > 0: also keep an exponential moving average of G's parameters,
+  #                           ema = decay * ema + (1 - decay) * params after every G step;
+  #                           evaluated alongside G (metrics prefixed ema_)
 
   # Reproducibility: fixes initialisation, noise, data order and the sample noise.
   config.seed = 0
 
   # Outputs in the workdir.
   config.log_every_steps = 50  # a metrics.csv row (means over the interval)
-  config.checkpoint_every_steps = 500  # an Orbax checkpoint (and one at the end)
-  config.sample_every_steps = 500  # a fixed-noise sample grid (and one at the end)
+  config.checkpoint_every_steps = 1000  # an Orbax checkpoint (and one at the end)
+  config.sample_every_steps = 1000  # a fixed-noise sample grid (and one at the end)
   config.num_sample_images = 64  # images in each sample grid
   config.sample_bn_mode = "train"  # BatchNorm when sampling: 'train' (batch stats) or 'eval'
   config.max_checkpoints_to_keep = 3  # older checkpoints are deleted; 0 keeps all
+
+  # Evaluation: image quality during training (columns of metrics.csv) and with --mode eval.
+  config.evaluator = "classifier"  # 'classifier': the project's digit classifier (1-channel
+  #   digits; classifier_fid, classifier_kid, class histogram); 'inception': the FID
+  #   Inception (fid, kid; needs inception_weights); '': no evaluation
+  config.eval_every_steps = 1000  # evaluate every this many steps and at the end; 0 = never
+  config.eval_num_samples = 10000  # generated images per evaluation; also the most real
+  #   images in the reference (the embedded digits: the classifier's 4,000 training digits)
+  config.inception_weights = ""  # path of pt_inception-2015-12-05-6726825d.pth (README)
+  config.best_metric = "auto"  # lowest value keeps a checkpoint in workdir/best; 'auto': the
+  #   FID of G's EMA if g_ema_decay > 0, else of G
 
   return config

@@ -13,4 +13,5 @@ def get_config():
   config.num_epochs = 5.0
   config.sample_every_steps = 1000
   config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 1000  # the digit classifier (default evaluator)
   return config

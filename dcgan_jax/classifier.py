@@ -20,6 +20,7 @@ import optax
 from PIL import Image
 
 from dcgan_jax import decode, input_pipeline
+from dcgan_jax.errors import UsageError
 from dcgan_jax.steps import to_float
 
 IMAGE_SIZE = 32
@@ -50,14 +51,20 @@ class Split:
   held_out_labels: np.ndarray
 
 
-def embedded_split() -> Split:
-  """The embedded digits at 32x32 (the embedded default's preprocessing), split per class:
-  the last HELD_OUT_PER_CLASS digits of each class (in file order) are held out."""
-  digits, labels = input_pipeline.embedded_digits()
-  images = np.stack([decode.preprocess(Image.fromarray(d), IMAGE_SIZE, 1) for d in digits])
+def held_out_mask(labels: np.ndarray) -> np.ndarray:
+  """True for the last HELD_OUT_PER_CLASS digits of each class (in file order)."""
   held_out = np.zeros(len(labels), bool)
   for c in range(10):
     held_out[np.flatnonzero(labels == c)[-HELD_OUT_PER_CLASS:]] = True
+  return held_out
+
+
+def embedded_split() -> Split:
+  """The embedded digits at 32x32 (the embedded default's preprocessing), split per class
+  by held_out_mask."""
+  digits, labels = input_pipeline.embedded_digits()
+  images = np.stack([decode.preprocess(Image.fromarray(d), IMAGE_SIZE, 1) for d in digits])
+  held_out = held_out_mask(labels)
   return Split(images[~held_out], labels[~held_out], images[held_out], labels[held_out])
 
 
@@ -133,12 +140,22 @@ def load_or_train(cache_dir: str | pathlib.Path, seed: int = 0
   model = DigitClassifier()
   if path.exists() and meta_path.exists():
     template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))
-    params = flax.serialization.from_bytes(template["params"], path.read_bytes())
-    return model, params, json.loads(meta_path.read_text())["held_out_accuracy"]
+    try:
+      params = flax.serialization.from_bytes(template["params"], path.read_bytes())
+      accuracy = float(json.loads(meta_path.read_text())["held_out_accuracy"])
+      shapes = [np.shape(p) for p in jax.tree.leaves(params)]
+      if shapes != [t.shape for t in jax.tree.leaves(template["params"])]:
+        raise ValueError("parameter shapes differ")
+    except Exception as e:  # msgpack, json, key and shape errors alike  # noqa: BLE001
+      raise UsageError(f"{path}: the cached digit classifier cannot be read ({type(e).__name__}); "
+                       "delete it and its .json to train it again") from e
+    return model, params, accuracy
   model, params, accuracy = train(embedded_split(), seed)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
   tmp.write_bytes(flax.serialization.to_bytes(params))
   tmp.replace(path)
-  meta_path.write_text(json.dumps({"held_out_accuracy": accuracy, "seed": seed}))
+  tmp = meta_path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps({"held_out_accuracy": accuracy, "seed": seed}))
+  tmp.replace(meta_path)
   return model, params, accuracy

@@ -9,7 +9,10 @@ from dcgan_jax.models import SUPPORTED_IMAGE_SIZES
 
 # Config fields added after the first release, with the values that reproduce runs made
 # before them; a workdir's saved config gets these where it lacks them.
-ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32"}
+ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
+                        "g_ema_decay": 0.0, "evaluator": "", "eval_every_steps": 0,
+                        "eval_num_samples": 10000, "inception_weights": "",
+                        "best_metric": "auto"}
 
 
 def _require(ok: bool, field: str, value, why: str) -> None:
@@ -49,11 +52,33 @@ def validate(config) -> None:
   _require(c.prefetch_batches >= 1, "prefetch_batches", c.prefetch_batches, "must be >= 1")
   _require(c.decode_workers >= 0, "decode_workers", c.decode_workers,
            "must be >= 0 (0 uses all cores)")
+  _require(0.0 <= c.g_ema_decay < 1.0, "g_ema_decay", c.g_ema_decay, "must be in [0, 1)")
+  _validate_evaluation(c)
   _require(c.max_checkpoints_to_keep >= 0, "max_checkpoints_to_keep",
            c.max_checkpoints_to_keep, "must be >= 0 (0 keeps all)")
   if ds.startswith("tfds:"):
     from dcgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     input_pipeline.check_tfds_name(ds[5:])
+
+
+def _validate_evaluation(c) -> None:
+  _require(c.evaluator in ("", "classifier", "inception"), "evaluator", c.evaluator,
+           "is not 'classifier', 'inception' or '' (none)")
+  _require(c.eval_every_steps >= 0, "eval_every_steps", c.eval_every_steps,
+           "must be >= 0 (0: never)")
+  _require(c.eval_num_samples >= 10, "eval_num_samples", c.eval_num_samples, "must be >= 10")
+  if c.evaluator == "classifier":
+    _require(c.channels == 1, "evaluator", c.evaluator,
+             f"measures 1-channel digits; config.channels is {c.channels}")
+  if c.evaluator == "inception":
+    _require(bool(c.inception_weights), "inception_weights", c.inception_weights,
+             "is needed by evaluator='inception': the path of pt_inception-2015-12-05-6726825d.pth")
+  names = ["auto"]
+  if c.evaluator:
+    base = ["classifier_fid", "classifier_kid"] if c.evaluator == "classifier" else ["fid", "kid"]
+    names += base + ([f"ema_{n}" for n in base] if c.g_ema_decay > 0 else [])
+  _require(c.best_metric in names, "best_metric", c.best_metric,
+           f"is not one of {', '.join(names)} (with this evaluator and g_ema_decay)")
 
 
 def total_steps(config, num_images: int) -> int:

@@ -58,17 +58,20 @@ def _trace_sqrt_product(sigma1: jax.Array, sigma2: jax.Array) -> jax.Array:
   return jnp.sum(jnp.sqrt(_numerical_zero_to_zero(jnp.linalg.eigvalsh(middle))))
 
 
+@jax.jit
+def _frechet_distance(mu_a, s_a, mu_b, s_b) -> jax.Array:
+  diff = mu_a - mu_b
+  return diff @ diff + jnp.trace(s_a) + jnp.trace(s_b) - 2 * _trace_sqrt_product(s_a, s_b)
+
+
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
   """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the Fréchet distance between
   the two Gaussians (FID when the features are the FID Inception's pool features)."""
   if a.mu.shape != b.mu.shape:
     raise ValueError(f"feature sizes differ: {a.mu.shape[0]} and {b.mu.shape[0]}")
   with jax.enable_x64(True):
-    mu_a, mu_b = jnp.asarray(a.mu, jnp.float64), jnp.asarray(b.mu, jnp.float64)
-    s_a, s_b = jnp.asarray(a.sigma, jnp.float64), jnp.asarray(b.sigma, jnp.float64)
-    diff = mu_a - mu_b
-    value = diff @ diff + jnp.trace(s_a) + jnp.trace(s_b) - 2 * _trace_sqrt_product(s_a, s_b)
-    return float(value)
+    f64 = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
+    return float(_frechet_distance(f64(a.mu), f64(a.sigma), f64(b.mu), f64(b.sigma)))
 
 
 def _polynomial_kernel(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -76,16 +79,20 @@ def _polynomial_kernel(x: jax.Array, y: jax.Array) -> jax.Array:
   return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
+@jax.jit
+def _mmd2_unbiased(x: jax.Array, y: jax.Array) -> jax.Array:
+  m, n = x.shape[0], y.shape[0]
+  k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
+  within_x = (jnp.sum(k_xx) - jnp.trace(k_xx)) / (m * (m - 1))
+  within_y = (jnp.sum(k_yy) - jnp.trace(k_yy)) / (n * (n - 1))
+  return within_x + within_y - 2 * jnp.mean(k_xy)
+
+
 def mmd2_unbiased(x_MxD: np.ndarray, y_NxD: np.ndarray) -> float:
   """The unbiased estimate of MMD^2 with the polynomial kernel: the means of k over
   distinct pairs within x and within y, minus twice the mean over all pairs across."""
   with jax.enable_x64(True):
-    x, y = jnp.asarray(x_MxD, jnp.float64), jnp.asarray(y_NxD, jnp.float64)
-    m, n = x.shape[0], y.shape[0]
-    k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
-    within_x = (jnp.sum(k_xx) - jnp.trace(k_xx)) / (m * (m - 1))
-    within_y = (jnp.sum(k_yy) - jnp.trace(k_yy)) / (n * (n - 1))
-    return float(within_x + within_y - 2 * jnp.mean(k_xy))
+    return float(_mmd2_unbiased(jnp.asarray(x_MxD, jnp.float64), jnp.asarray(y_NxD, jnp.float64)))
 
 
 def kernel_inception_distance(x_MxD: np.ndarray, y_NxD: np.ndarray, num_subsets: int = 100,

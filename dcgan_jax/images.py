@@ -34,3 +34,18 @@ def save_png(path: str, image_HxWxC: np.ndarray) -> None:
   tmp = f"{path}.tmp"
   Image.fromarray(image).save(tmp, format="PNG")
   os.replace(tmp, path)
+
+
+def save_gif(path: str, frames_NxHxWxC: np.ndarray, frame_ms: int = 80, scale: int = 1) -> None:
+  """An endlessly looping animated GIF of uint8 frames (enlarged `scale` times, nearest),
+  written atomically."""
+  pictures = []
+  for frame in frames_NxHxWxC:
+    picture = Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
+    if scale > 1:
+      picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    pictures.append(picture)
+  tmp = f"{path}.tmp"
+  pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
+                   duration=frame_ms, loop=0)
+  os.replace(tmp, path)

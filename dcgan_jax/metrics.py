@@ -2,6 +2,7 @@
 
 import csv
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -11,25 +12,33 @@ COLUMNS = ("step", "epoch", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2",
 
 class MetricsWriter:
   """Appends rows to `path`; opening it for a run resumed at `step` drops rows of
-  later steps (they are recomputed) and keeps everything up to `step`."""
+  later steps (they are recomputed) and keeps everything up to `step`.
 
-  def __init__(self, path: str, resume_step: int = 0):
+  The columns are COLUMNS and then `eval_columns` (evaluation metrics, empty in rows
+  without an evaluation), after any other columns the kept rows already have."""
+
+  def __init__(self, path: str, resume_step: int = 0, eval_columns: Sequence[str] = ()):
     self.path = path
     rows = read_metrics(path) if os.path.exists(path) else []
     kept = [r for r in rows if int(float(r["step"])) <= resume_step]
+    old = [k for r in kept[:1] for k in r if k not in COLUMNS and k not in eval_columns]
+    self.columns = list(COLUMNS) + old + list(eval_columns)
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
-      writer = csv.DictWriter(f, COLUMNS)
+      writer = csv.DictWriter(f, self.columns, restval="")
       writer.writeheader()
       writer.writerows(kept)
     os.replace(tmp, path)
 
   def write(self, row: dict) -> None:
     with open(self.path, "a", newline="") as f:
-      csv.DictWriter(f, COLUMNS).writerow({k: _fmt(row[k]) for k in COLUMNS})
+      csv.DictWriter(f, self.columns, restval="").writerow(
+          {k: _fmt(row[k]) for k in self.columns if k in row})
 
 
 def _fmt(value) -> str:
+  if isinstance(value, (bool, np.bool_)):
+    return str(int(value))
   if isinstance(value, (int, np.integer)):
     return str(int(value))
   return f"{float(value):.6g}"
@@ -38,6 +47,17 @@ def _fmt(value) -> str:
 def read_metrics(path: str) -> list[dict[str, str]]:
   with open(path, newline="") as f:
     return list(csv.DictReader(f))
+
+
+def _save_figure(fig, ax, png_path: str) -> None:
+  """Adds the legend and writes the figure as a PNG, atomically."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ax.legend()
+  fig.tight_layout()
+  tmp = f"{png_path}.tmp"
+  fig.savefig(tmp, format="png", dpi=100)
+  plt.close(fig)
+  os.replace(tmp, png_path)
 
 
 def plot_losses(csv_path: str, png_path: str) -> None:
@@ -54,9 +74,33 @@ def plot_losses(csv_path: str, png_path: str) -> None:
   ax.set_title("Generator and Discriminator Loss During Training")
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
-  ax.legend()
-  fig.tight_layout()
-  tmp = f"{png_path}.tmp"
-  fig.savefig(tmp, format="png", dpi=100)
-  plt.close(fig)
-  os.replace(tmp, png_path)
+  _save_figure(fig, ax, png_path)
+
+
+def plot_eval(csv_path: str, png_path: str, metric: str, floor: float | None = None) -> bool:
+  """`metric` (and its ema_ twin where present) against steps; a dashed line at `floor`
+  (the same metric on held-out real images) where given. False if no row has it."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = read_metrics(csv_path)
+  base = metric[4:] if metric.startswith("ema_") else metric
+  series = {}
+  for name, label in ((base, "G"), (f"ema_{base}", "G EMA")):
+    points = [(int(r["step"]), float(r[name])) for r in rows if r.get(name)]
+    if points:
+      series[label] = points
+  if not series:
+    return False
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  for label, points in series.items():
+    ax.plot(*zip(*points), marker="o", label=label)
+  if floor is not None:
+    ax.axhline(floor, color="gray", linestyle="--", label="held-out real images")
+  ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel(base)
+  ax.set_title(f"{base} during training (lower is better)")
+  _save_figure(fig, ax, png_path)
+  return True

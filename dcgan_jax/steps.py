@@ -42,6 +42,7 @@ class TrainState:
   d_params: PyTree
   d_batch_stats: PyTree
   d_opt_state: PyTree
+  g_ema_params: PyTree = None  # exponential moving average of g_params; None when it is off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ class GAN:
   nz: int
   batch_size: int
   label_smoothing: float = 0.0
+  g_ema_decay: float = 0.0  # > 0: keep g_ema_params, updated after every G step
 
 
 def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
@@ -82,7 +84,8 @@ def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
       g_params=g_vars["params"], g_batch_stats=g_vars["batch_stats"],
       g_opt_state=gan.g_opt.tx.init(g_vars["params"]),
       d_params=d_vars["params"], d_batch_stats=d_vars["batch_stats"],
-      d_opt_state=gan.d_opt.tx.init(d_vars["params"]))
+      d_opt_state=gan.d_opt.tx.init(d_vars["params"]),
+      g_ema_params=g_vars["params"] if gan.g_ema_decay > 0 else None)
 
 
 def init_train_state(gan: GAN, seed: int) -> TrainState:
@@ -144,9 +147,12 @@ def _g_loss_of_fake(gan: GAN, state: TrainState, fake: jax.Array):
 def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, loss: jax.Array,
               logits: jax.Array) -> tuple[TrainState, Metrics]:
   updates, opt_state = gan.g_opt.tx.update(grads, state.g_opt_state, state.g_params)
-  new_state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
-                            g_batch_stats=stats, g_opt_state=opt_state,
-                            step=state.step + 1)
+  g_params = optax.apply_updates(state.g_params, updates)
+  ema = state.g_ema_params
+  if gan.g_ema_decay > 0:
+    ema = optax.incremental_update(g_params, ema, step_size=1.0 - gan.g_ema_decay)
+  new_state = state.replace(g_params=g_params, g_batch_stats=stats, g_opt_state=opt_state,
+                            g_ema_params=ema, step=state.step + 1)
   return new_state, {"loss_g": loss, "d_g_z2": jnp.mean(jax.nn.sigmoid(logits))}
 
 
@@ -203,12 +209,17 @@ def train_steps_gather(gan: GAN, state: TrainState, images_NxHxWxC_u8: jax.Array
   return jax.lax.scan(body, state, indices_KxB)
 
 
-def generate(gan: GAN, state: TrainState, z_BxN: jax.Array, bn_mode: str = "train") -> jax.Array:
-  """Images in [-1, 1] from G; bn_mode 'train' uses the batch's statistics
-  (as the tutorial's samples do), 'eval' the running averages."""
+def generate(gan: GAN, state: TrainState, z_BxN: jax.Array, bn_mode: str = "train",
+             ema: bool = False) -> jax.Array:
+  """Images in [-1, 1] from G (or, with ema, from its moving average of parameters);
+  bn_mode 'train' uses the batch's statistics (as the tutorial's samples do), 'eval' the
+  running averages (G's own: BatchNorm averages are not averaged again)."""
   if bn_mode not in ("train", "eval"):
     raise ValueError(f"bn_mode {bn_mode!r} is not 'train' or 'eval'")
-  variables = {"params": state.g_params, "batch_stats": state.g_batch_stats}
+  if ema and state.g_ema_params is None:
+    raise ValueError("this state has no generator EMA (config.g_ema_decay is 0)")
+  params = state.g_ema_params if ema else state.g_params
+  variables = {"params": params, "batch_stats": state.g_batch_stats}
   if bn_mode == "train":
     images, _ = gan.generator.apply(variables, z_BxN, train=True, mutable=["batch_stats"])
     return images

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcgan_jax import checkpoint, configuration, input_pipeline, metrics, sampling, steps
+from dcgan_jax import (checkpoint, configuration, evaluation, input_pipeline, metrics, sampling,
+                       steps)
 from dcgan_jax.errors import UsageError
 from dcgan_jax.models import Discriminator, Generator
 
@@ -29,7 +30,7 @@ def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None) 
       g_opt=steps.Adam(config.g_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       d_opt=steps.Adam(config.d_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       nz=config.nz, batch_size=batch_size or config.batch_size,
-      label_smoothing=config.label_smoothing)
+      label_smoothing=config.label_smoothing, g_ema_decay=config.g_ema_decay)
 
 
 def check_workdir(workdir: str) -> None:
@@ -96,14 +97,47 @@ def _mean_row(pending: list[steps.Metrics]) -> dict[str, float]:
           for k in stacked[0]}
 
 
-class _RunOutputs:
-  """What a run writes as it trains: metrics rows, progress, sample grids, checkpoints."""
+class _Evaluation:
+  """Evaluation during a run: the metrics of G (and its EMA) every eval_every_steps, and the
+  best checkpoint by config.best_metric kept in workdir/best."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               ckpt: checkpoint.Checkpointer, start: int, total: int, steps_per_epoch: int):
+               evaluator: evaluation.Evaluator, gan: steps.GAN):
+    self.config, self.evaluator, self.gan = config, evaluator, gan
+    self.metric = evaluation.best_metric_name(config)
+    self.columns = evaluation.metric_names(evaluator, config.g_ema_decay > 0)
+    self.best = checkpoint.BestCheckpointer(os.path.join(workdir, "best"), self.metric)
+    self.z = evaluation.eval_noise(config.seed, config.eval_num_samples, config.nz)
+
+  def due(self, done: int, last: bool) -> bool:
+    every = self.config.eval_every_steps
+    return every > 0 and (done % every == 0 or last)
+
+  def run(self, state: steps.TrainState) -> dict[str, float]:
+    t0 = time.perf_counter()
+    values = evaluation.evaluate_state(self.evaluator, self.gan, state, self.config, self.z)
+    kept = self.best.offer(state, values[self.metric])
+    logging.info("step %d eval (%.1f s): %s%s", int(state.step), time.perf_counter() - t0,
+                 " ".join(f"{k} {v:.4g}" for k, v in values.items()),
+                 f"; best {self.metric} so far, kept in {self.best.directory}" if kept else "")
+    return values
+
+  def close(self) -> None:
+    self.best.close()
+
+
+class _RunOutputs:
+  """What a run writes as it trains: metrics rows, progress, sample grids, checkpoints,
+  evaluations."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               ckpt: checkpoint.Checkpointer, start: int, total: int, steps_per_epoch: int,
+               evaluation_: "_Evaluation | None"):
     self.config, self.workdir, self.ckpt = config, workdir, ckpt
     self.total, self.steps_per_epoch, self.start = total, steps_per_epoch, start
-    self.writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"), resume_step=start)
+    self.evaluation = evaluation_
+    self.writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"), resume_step=start,
+                                        eval_columns=evaluation_.columns if evaluation_ else ())
     self.sample_dir = os.path.join(workdir, "samples")
     os.makedirs(self.sample_dir, exist_ok=True)
     self.fixed_z = sampling.sample_noise(config.seed, config.num_sample_images, config.nz)
@@ -124,8 +158,14 @@ class _RunOutputs:
     else:
       self.timed_steps += num_steps
     last = done == self.total
-    if done % c.log_every_steps == 0 or last:
-      self._log(done)
+    evaluated = {}
+    if self.evaluation is not None and self.evaluation.due(done, last):
+      jax.block_until_ready(state)  # the steps before it count as training time
+      t0 = time.perf_counter()
+      evaluated = self.evaluation.run(state)
+      self.t0 += time.perf_counter() - t0  # evaluation time is not training time
+    if done % c.log_every_steps == 0 or last or evaluated:
+      self._log(done, evaluated)
     if done % c.sample_every_steps == 0 or last:
       grid = sampling.generate_uint8(self.sample_gan, state, self.fixed_z, c.sample_bn_mode)
       sampling.write_grid(os.path.join(self.sample_dir, f"step_{done:07d}.png"), grid)
@@ -134,26 +174,30 @@ class _RunOutputs:
     if done % c.checkpoint_every_steps == 0 or last:
       self.ckpt.save(state)
 
-  def _log(self, done: int) -> None:
+  def _log(self, done: int, evaluated: dict[str, float]) -> None:
     row = _mean_row(self.pending)
     elapsed = time.perf_counter() - self.t0
     rate = self.timed_steps * self.config.batch_size / elapsed if self.timed_steps else float("nan")
     row.update(step=done, epoch=done / self.steps_per_epoch, seconds=elapsed, images_per_s=rate)
+    row.update(evaluated)
     self.writer.write(row)
     self.progress.update(row)
     self.pending, self.timed_steps, self.t0 = [], 0, time.perf_counter()
 
   def close(self) -> None:
     self.progress.close()
+    if self.evaluation is not None:
+      self.evaluation.close()
 
 
 def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, start: int,
           total: int):
   """(dispatch function, prefetcher of (chunk length, its batch argument)) from start to total."""
   batches = input_pipeline.Batches(data, config.batch_size, config.seed)
-  chunks = input_pipeline.plan_chunks(
-      start, total, config.steps_per_dispatch,
-      (config.log_every_steps, config.sample_every_steps, config.checkpoint_every_steps))
+  intervals = (config.log_every_steps, config.sample_every_steps, config.checkpoint_every_steps)
+  if config.evaluator and config.eval_every_steps:
+    intervals += (config.eval_every_steps,)
+  chunks = input_pipeline.plan_chunks(start, total, config.steps_per_dispatch, intervals)
   if config.data_on_device:
     on_device = jax.device_put(np.asarray(data))
     run = lambda s, idx: _train_steps_gather(gan, s, on_device, idx)
@@ -166,10 +210,12 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
                 state: steps.TrainState, data: np.ndarray, total: int,
-                ckpt: checkpoint.Checkpointer) -> steps.TrainState:
-  """Steps from state.step to total, logging, sampling and checkpointing on the way."""
+                ckpt: checkpoint.Checkpointer, evaluation_: "_Evaluation | None"
+                ) -> steps.TrainState:
+  """Steps from state.step to total, logging, sampling, evaluating and checkpointing."""
   start = int(state.step)
-  outputs = _RunOutputs(config, workdir, ckpt, start, total, len(data) // config.batch_size)
+  outputs = _RunOutputs(config, workdir, ckpt, start, total, len(data) // config.batch_size,
+                        evaluation_)
   run, prefetcher = _feed(config, gan, data, start, total)
   done = start
   try:
@@ -183,6 +229,22 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
   return state
 
 
+def _make_evaluator(config: ml_collections.ConfigDict, data: np.ndarray
+                    ) -> tuple[evaluation.Evaluator | None, float | None]:
+  """The run's evaluator (None without one) and the best metric on held-out real images
+  (the floor; None where the dataset has no held-out set)."""
+  if not config.evaluator or not config.eval_every_steps:
+    return None, None
+  evaluator, held_out = evaluation.from_config(config, data)
+  if held_out is None:
+    return evaluator, None
+  floor = evaluator.of_images(held_out)
+  logging.info("held-out real images (%d) against the reference (%d): %s", len(held_out),
+               evaluator.num_real, " ".join(f"{k} {v:.4g}" for k, v in floor.items()))
+  name = evaluation.best_metric_name(config)
+  return evaluator, floor[name[4:] if name.startswith("ema_") else name]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains (or resumes training) and writes metrics, samples, plots and checkpoints."""
   configuration.validate(config)
@@ -190,8 +252,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   data = input_pipeline.load_images(config)
   total = configuration.total_steps(config, len(data))
   gan = build_gan(config)
+  evaluator, floor = _make_evaluator(config, data)  # before anything is written
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.max_checkpoints_to_keep or None)
+  evaluation_ = None
   try:  # closing waits for a checkpoint still being written, also on errors and Ctrl-C
     state = restore_or_init(gan, ckpt, config.seed)
     start = int(state.step)
@@ -202,8 +266,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     if start >= total:
       logging.info("nothing to train: the checkpoint is at step %d >= %d", start, total)
       return state
-    state = _train_loop(config, workdir, gan, state, data, total, ckpt)
+    if evaluator is not None:
+      evaluation_ = _Evaluation(config, workdir, evaluator, gan)
+    state = _train_loop(config, workdir, gan, state, data, total, ckpt, evaluation_)
   finally:
     ckpt.close()
-  metrics.plot_losses(os.path.join(workdir, "metrics.csv"), os.path.join(workdir, "losses.png"))
+  csv_path = os.path.join(workdir, "metrics.csv")
+  metrics.plot_losses(csv_path, os.path.join(workdir, "losses.png"))
+  if evaluation_ is not None:
+    metrics.plot_eval(csv_path, os.path.join(workdir, "quality.png"), evaluation_.metric, floor)
   return state

@@ -56,3 +56,59 @@ def test_keeps_at_most_max_to_keep(tmp_path, gan, state, real_batch):
 def test_restore_without_checkpoint_raises(tmp_path, state):
   with pytest.raises(FileNotFoundError, match=str(tmp_path)):
     checkpoint.Checkpointer(str(tmp_path)).restore(state)
+
+
+def test_best_checkpointer_keeps_only_the_lowest(tmp_path, gan, state, real_batch):
+  best = checkpoint.BestCheckpointer(str(tmp_path / "best"), "fid")
+  assert best.best_value() == float("inf")
+  states = [state]
+  for _ in range(4):
+    states.append(jit_train_step(gan, states[-1], real_batch)[0])
+  assert best.offer(states[1], 50.0)
+  assert not best.offer(states[2], 60.0)  # worse: not kept
+  assert best.offer(states[3], 40.0)
+  assert not best.offer(states[4], float("nan"))
+  best.close()
+  reopened = checkpoint.BestCheckpointer(str(tmp_path / "best"), "fid")
+  assert reopened.best_value() == 40.0 and reopened.latest_step() == 3
+  assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["3"]
+  _assert_identical(reopened.restore(steps.abstract_train_state(gan)), states[3])
+  assert not reopened.offer(states[3], 30.0)  # a step it holds is never written again
+  reopened.close()
+
+
+def test_checkpoints_restore_across_the_ema_setting(tmp_path, gan, state, real_batch):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  state, _ = jit_train_step(gan, state, real_batch)
+  plain = checkpoint.Checkpointer(str(tmp_path / "plain"))
+  plain.save(state)
+  plain.close()
+  ema_gan = dataclasses.replace(gan, g_ema_decay=0.99)
+  reopened = checkpoint.Checkpointer(str(tmp_path / "plain"))
+  with_ema = reopened.restore(steps.abstract_train_state(ema_gan))
+  reopened.close()
+  _assert_identical(with_ema.g_params, state.g_params)
+  _assert_identical(with_ema.g_ema_params, state.g_params)  # the EMA starts from G
+
+  ema_state = steps.init_train_state(ema_gan, 1)
+  ema_ckpt = checkpoint.Checkpointer(str(tmp_path / "ema"))
+  ema_ckpt.save(ema_state)
+  without = ema_ckpt.restore(steps.abstract_train_state(gan))
+  ema_ckpt.close()
+  assert without.g_ema_params is None
+  _assert_identical(without.d_params, ema_state.d_params)
+
+
+def test_checkpoint_from_before_the_ema_field_restores(tmp_path, gan, state):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.name != "g_ema_params"}  # the state's tree as written before the field
+  with ocp.CheckpointManager(str(tmp_path / "old")) as manager:
+    manager.save(0, args=ocp.args.StandardSave(fields))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "old"))
+  restored = ckpt.restore(steps.abstract_train_state(gan))
+  with_ema = ckpt.restore(steps.abstract_train_state(dataclasses.replace(gan, g_ema_decay=0.5)))
+  ckpt.close()
+  _assert_identical(restored, state)
+  _assert_identical(with_ema.g_ema_params, state.g_params)

@@ -1,11 +1,14 @@
 """The digit classifier: data split, augmentation, trained accuracy, cached weights."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcgan_jax import classifier, fid, steps
+from dcgan_jax import classifier, fid, image_cache, steps
+from dcgan_jax.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -14,8 +17,9 @@ def split():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  cache = tmp_path_factory.mktemp("classifier")
+def trained():
+  # The session's cache folder (conftest), so that other tests reuse this training.
+  cache = pathlib.Path(image_cache.default_cache_dir())
   return cache, classifier.load_or_train(cache, seed=0)
 
 
@@ -67,3 +71,21 @@ def test_classifier_fid_separates_digits_from_noise(trained, split):
   floor = fid.frechet_distance(reference, fid.feature_stats(held_features))
   noise_fid = fid.frechet_distance(reference, fid.feature_stats(noise_features))
   assert 0 < floor < noise_fid / 10
+
+
+def test_unreadable_cached_weights_are_a_one_line_error(trained, tmp_path):
+  cache, _ = trained
+  for name in ("digit_classifier_v1_seed0.msgpack", "digit_classifier_v1_seed0.json"):
+    (tmp_path / name).write_bytes((cache / name).read_bytes())
+  (tmp_path / "digit_classifier_v1_seed0.msgpack").write_bytes(b"\x00garbage")
+  with pytest.raises(UsageError) as e:
+    classifier.load_or_train(tmp_path, seed=0)
+  assert "digit_classifier_v1_seed0.msgpack" in str(e.value) and "\n" not in str(e.value)
+  assert "delete it" in str(e.value)
+
+
+def test_held_out_mask_takes_the_last_of_each_class():
+  labels = np.array([0, 1, 0, 1, 0] + [c for c in range(2, 10) for _ in range(101)])
+  mask = classifier.held_out_mask(labels)
+  assert mask.sum() == 2 + 3 + 8 * 100  # classes 0 and 1 have fewer than 100: all held out
+  assert not mask[5] and mask[6] and mask[105]  # first digit of class 2 kept, the rest held out

@@ -55,6 +55,25 @@ def test_epochs_need_to_be_positive_when_steps_are_minus_one():
 
 def test_total_steps():
   config = default.get_config()
-  assert configuration.total_steps(config, 5000) == 3000
+  assert configuration.total_steps(config, 5000) == 10000
   config.num_train_steps, config.num_epochs, config.batch_size = -1, 2.5, 64
   assert configuration.total_steps(config, 5000) == 195  # 78 full batches per epoch
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"evaluator": "fid"}, "config.evaluator='fid'"),
+    ({"evaluator": "classifier", "channels": 3}, "measures 1-channel digits"),
+    ({"evaluator": "inception"}, "config.inception_weights='' is needed"),
+    ({"eval_every_steps": -1}, "config.eval_every_steps=-1"),
+    ({"eval_num_samples": 5}, "config.eval_num_samples=5"),
+    ({"g_ema_decay": 1.0}, "config.g_ema_decay=1.0"),
+    ({"best_metric": "ema_classifier_fid"}, "config.best_metric='ema_classifier_fid'"),
+    ({"best_metric": "fid"}, "config.best_metric='fid' is not one of auto, classifier_fid"),
+])
+def test_bad_evaluation_settings_are_named(changes, message):
+  config = default.get_config()
+  for field, value in changes.items():
+    config[field] = value
+  with pytest.raises(UsageError) as e:
+    configuration.validate(config)
+  assert message in str(e.value) and "\n" not in str(e.value)

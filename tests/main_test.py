@@ -1,5 +1,6 @@
 """The command line: bad input exits with status 2 and one line, touching nothing."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -85,3 +86,52 @@ def test_train_then_sample_from_the_command_line(tmp_path):
 def test_sample_without_a_checkpoint_is_a_clear_error(tmp_path):
   result = run_main("--mode=sample", f"--workdir={tmp_path}")
   assert result.returncode == 2 and "has no config.json" in result.stderr
+
+
+def test_eval_mode_reports_latest_best_floor_and_untrained(tmp_path):
+  workdir = tmp_path / "run"
+  common = ["--config.ngf=8", "--config.ndf=8", "--config.batch_size=16",
+            "--config.eval_num_samples=100", "--config.num_sample_images=4"]
+  result = run_main(f"--workdir={workdir}", "--config.num_train_steps=4",
+                    "--config.eval_every_steps=2", "--config.g_ema_decay=0.5", *common)
+  assert result.returncode == 0, result.stderr[-2000:]
+  result = run_main("--mode=eval", f"--workdir={workdir}", "--eval_num_samples=200")
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(workdir / "eval.json") as f:
+    report = json.load(f)
+  # At most eval_num_samples real images, drawn from the classifier's split by the seed.
+  assert report["generated_images"] == 200 and report["reference_images"] == 200
+  results = report["results"]
+  assert list(results) == ["real_held_out", "untrained", "latest", "best"]
+  assert results["latest"]["step"] == 4 and results["untrained"]["step"] == 0
+  assert results["real_held_out"]["images"] == 200
+  for name in ("untrained", "latest", "best"):
+    assert {"classifier_fid", "ema_classifier_fid", "classes_present"} <= set(results[name])
+  floor = results["real_held_out"]["classifier_fid"]
+  assert floor < results["latest"]["classifier_fid"] and floor < results["untrained"][
+      "classifier_fid"]
+  assert "real_held_out" in result.stdout and "classifier_fid" in result.stdout
+
+  result = run_main("--mode=sample", f"--workdir={workdir}", "--checkpoint=best", "--ema",
+                    "--grid_size=4", "--interpolation_frames=3")
+  assert result.returncode == 0, result.stderr[-2000:]
+  best_step = results["best"]["step"]
+  assert (workdir / "samples" / f"sample_step{best_step:07d}_seed0_train_ema.png").exists()
+  assert (workdir / "samples" /
+          f"interpolation_step{best_step:07d}_seed0_train_ema_to_seed1.gif").exists()
+
+
+def test_eval_mode_needs_an_evaluator(tmp_path):
+  workdir = tmp_path / "run"
+  result = run_main(f"--workdir={workdir}", "--config.num_train_steps=2", "--config.ngf=8",
+                    "--config.ndf=8", "--config.batch_size=16", "--config.evaluator=",
+                    "--config.num_sample_images=4")
+  assert result.returncode == 0, result.stderr[-2000:]
+  result = run_main("--mode=eval", f"--workdir={workdir}")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "trained without an evaluator" in lines[0]
+  result = run_main("--mode=eval", f"--workdir={workdir}", "--evaluator=inception",
+                    f"--inception_weights={tmp_path / 'missing.pth'}")
+  assert result.returncode == 2 and "missing.pth" in result.stderr
+  assert "download https://github.com/mseitzer" in result.stderr

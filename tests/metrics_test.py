@@ -36,3 +36,29 @@ def test_plot_losses_writes_a_png(tmp_path):
     writer.write(_row(step))
   metrics.plot_losses(path, str(tmp_path / "losses.png"))
   assert Image.open(tmp_path / "losses.png").size == (1000, 500)
+
+
+def test_eval_columns_are_empty_between_evaluations_and_survive_resume(tmp_path):
+  path = str(tmp_path / "metrics.csv")
+  writer = metrics.MetricsWriter(path, eval_columns=["classifier_fid", "classes_present"])
+  writer.write(_row(5))
+  writer.write({**_row(10), "classifier_fid": 12.5, "classes_present": 10})
+  rows = metrics.read_metrics(path)
+  assert rows[0]["classifier_fid"] == "" and rows[1]["classifier_fid"] == "12.5"
+  assert rows[1]["classes_present"] == "10"
+  # Resumed without evaluation: the kept rows keep their values and the header its columns.
+  writer = metrics.MetricsWriter(path, resume_step=10)
+  writer.write(_row(15))
+  rows = metrics.read_metrics(path)
+  assert [r["classifier_fid"] for r in rows] == ["", "12.5", ""]
+
+
+def test_plot_eval_draws_g_and_ema_or_reports_nothing(tmp_path):
+  path = str(tmp_path / "metrics.csv")
+  writer = metrics.MetricsWriter(path, eval_columns=["fid", "ema_fid"])
+  for step, value in ((10, 80.0), (20, 40.0)):
+    writer.write({**_row(step), "fid": value, "ema_fid": value / 2})
+  assert metrics.plot_eval(path, str(tmp_path / "quality.png"), "ema_fid", floor=5.0)
+  assert Image.open(tmp_path / "quality.png").size == (800, 450)
+  assert not metrics.plot_eval(path, str(tmp_path / "none.png"), "kid")
+  assert not (tmp_path / "none.png").exists()

@@ -60,3 +60,46 @@ def test_errors_name_the_problem(workdir, tmp_path):
     sampling.sample_from_workdir(str(tmp_path))
   with pytest.raises(UsageError, match="bn_mode='test'"):
     sampling.sample_from_workdir(workdir, bn_mode="test")
+  with pytest.raises(UsageError, match="interpolation_frames=1"):
+    sampling.sample_from_workdir(workdir, interpolation_frames=1)
+  with pytest.raises(UsageError, match="has no best checkpoint"):
+    sampling.sample_from_workdir(workdir, which="best")
+  with pytest.raises(UsageError, match="without a generator EMA"):
+    sampling.sample_from_workdir(workdir, ema=True)
+
+
+def test_slerp_endpoints_norms_and_angles():
+  rng = np.random.default_rng(0)
+  z0, z1 = rng.normal(size=100), rng.normal(size=100)
+  t = np.linspace(0, 1, 9)
+  path = sampling.slerp(z0, z1, t)
+  np.testing.assert_allclose(path[0], z0, rtol=1e-5)
+  np.testing.assert_allclose(path[-1], z1, rtol=1e-5)
+  norms = np.linalg.norm(path, axis=1)
+  np.testing.assert_allclose(norms, (1 - t) * np.linalg.norm(z0) + t * np.linalg.norm(z1),
+                             rtol=1e-5)
+  # Equal steps of angle along the great circle.
+  unit = path / norms[:, None]
+  angles = np.arccos(np.clip(np.sum(unit[1:] * unit[:-1], 1), -1, 1))
+  np.testing.assert_allclose(angles, angles[0], rtol=1e-4)
+  # Parallel latents: a straight path, no division by zero.
+  np.testing.assert_allclose(sampling.slerp(z0, 2 * z0, np.array([0.5]))[0], 1.5 * z0, rtol=1e-5)
+
+
+def test_interpolation_gif_and_strip(workdir):
+  paths = sampling.sample_from_workdir(workdir, seed=4, grid_size=4, interpolation_frames=5)
+  gif, strip = paths[-2:]
+  assert gif.endswith("interpolation_step0000003_seed4_train_to_seed5.gif")
+  with Image.open(gif) as animation:
+    assert animation.n_frames == 2 * 5 - 2  # there and back
+    assert animation.size == (128, 128)  # 32 px enlarged 4x
+    assert animation.info["loop"] == 0
+  assert Image.open(strip).size == (5 * 34 + 2, 34 + 2)
+  # The strip's ends are the generated images of the two seeds' first latents.
+  row = np.asarray(Image.open(strip))
+  config, gan, state, _ = sampling.restore_for_sampling(workdir, 5)
+  z = sampling.slerp(sampling.sample_noise(4, 1, config.nz)[0],
+                     sampling.sample_noise(5, 1, config.nz)[0], np.linspace(0, 1, 5))
+  expected = sampling.generate_uint8(gan, state, z, "train")
+  np.testing.assert_array_equal(row[2:34, 2:34], expected[0, ..., 0])
+  np.testing.assert_array_equal(row[2:34, 4 * 34 + 2:5 * 34], expected[4, ..., 0])

@@ -1,5 +1,7 @@
 """The D and G update steps: what each changes, what it leaves alone, and their numbers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,3 +166,31 @@ def test_train_steps_gather_equals_train_steps(gan, state):
   b, _ = jax.jit(steps.train_steps, static_argnums=0)(gan, state, data[indices])
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_generator_ema_follows_the_hand_computed_average(gan, real_batch):
+  ema_gan = dataclasses.replace(gan, g_ema_decay=0.9)
+  state = steps.init_train_state(ema_gan, 0)
+  _leaves_match(state.g_ema_params, state.g_params)
+  one, _ = jit_train_step(ema_gan, state, real_batch)
+  expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.g_ema_params, one.g_params)
+  _leaves_match(one.g_ema_params, expected)
+  two, _ = jit_train_step(ema_gan, one, real_batch)
+  expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, one.g_ema_params, two.g_params)
+  _leaves_match(two.g_ema_params, expected)
+  # The EMA changes nothing else: the same run without it has the same G and D.
+  plain, _ = jit_train_step(gan, steps.init_train_state(gan, 0), real_batch)
+  _leaves_match(plain.g_params, one.g_params)
+  assert plain.g_ema_params is None
+  # Sampling the EMA uses its parameters.
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, gan.nz))
+  from_ema = steps.generate(ema_gan, two, z, "eval", ema=True)
+  manual = steps.generate(ema_gan, two.replace(g_params=two.g_ema_params), z, "eval")
+  np.testing.assert_allclose(from_ema, manual, rtol=1e-6)
+  with pytest.raises(ValueError, match="no generator EMA"):
+    steps.generate(gan, plain, z, "eval", ema=True)
+
+
+def _leaves_match(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)

@@ -25,6 +25,7 @@ def tiny_config(steps: int):
   config.checkpoint_every_steps = 3
   config.sample_every_steps = 3
   config.num_sample_images = 4
+  config.evaluator = ""  # evaluation has its own tests (evaluation_test.py)
   return config
 
 

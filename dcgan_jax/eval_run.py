@@ -1,0 +1,78 @@
+"""`--mode eval`: the metrics of a trained workdir's latest and best checkpoints, next to
+the same metrics of held-out real images (the floor) and of an untrained generator."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from dcgan_jax import configuration, evaluation, input_pipeline, sampling, steps, train
+from dcgan_jax.errors import UsageError
+
+
+def _eval_config(workdir: str, evaluator: str | None, inception_weights: str | None,
+                 num_samples: int | None, bn_mode: str | None) -> ml_collections.ConfigDict:
+  config = sampling.load_workdir_config(workdir)
+  for field, value in (("evaluator", evaluator), ("inception_weights", inception_weights),
+                       ("eval_num_samples", num_samples), ("sample_bn_mode", bn_mode)):
+    if value is not None:
+      config[field] = value
+  if not config.evaluator:
+    raise UsageError(f"--workdir={workdir!r} was trained without an evaluator: give "
+                     "--evaluator=classifier (digits) or --evaluator=inception with "
+                     "--inception_weights")
+  configuration.validate(config)
+  return config
+
+
+def evaluate_workdir(workdir: str, evaluator: str | None = None,
+                     inception_weights: str | None = None, num_samples: int | None = None,
+                     bn_mode: str | None = None) -> dict:
+  """Evaluates the workdir's latest and best checkpoints (G, and its EMA where the run kept
+  one), held-out real images where the dataset has them, and the untrained generator of the
+  run's seed; writes the results to WORKDIR/eval.json and returns them."""
+  config = _eval_config(workdir, evaluator, inception_weights, num_samples, bn_mode)
+  data = input_pipeline.load_images(config)
+  judge, held_out = evaluation.from_config(config, data)
+  z = evaluation.eval_noise(config.seed, config.eval_num_samples, config.nz)
+  results = {}
+  if held_out is not None:
+    results["real_held_out"] = {"images": len(held_out), **judge.of_images(held_out)}
+  gan = train.build_gan(config)
+  results["untrained"] = {"step": 0, **evaluation.evaluate_state(
+      judge, gan, steps.init_train_state(gan, config.seed), config, z)}
+  for which in ("latest", "best"):
+    if which == "best" and not os.path.isdir(os.path.join(workdir, "best")):
+      continue
+    try:
+      _, gan, state, step = sampling.restore_for_sampling(workdir, config.batch_size, which)
+    except UsageError:
+      if which == "latest":
+        raise
+      continue
+    results[which] = {"step": step, **evaluation.evaluate_state(judge, gan, state, config, z)}
+  report = {"evaluator": config.evaluator, "generated_images": config.eval_num_samples,
+            "reference_images": judge.num_real, "bn_mode": config.sample_bn_mode,
+            "results": results}
+  path = os.path.join(workdir, "eval.json")
+  with open(f"{path}.tmp", "w") as f:
+    json.dump(report, f, indent=2)
+  os.replace(f"{path}.tmp", path)
+  return report
+
+
+def format_report(report: dict) -> str:
+  """A plain table: one row per evaluated set, one column per metric."""
+  rows = report["results"]
+  columns = sorted({k for r in rows.values() for k in r if k not in ("step", "images")},
+                   key=lambda k: (k.startswith("ema_"), k))
+  lines = [f"{report['evaluator']} evaluator, {report['generated_images']} generated images "
+           f"against {report['reference_images']} real ones (BatchNorm {report['bn_mode']})",
+           "  ".join([f"{'':14s}", f"{'step':>7s}"] + [f"{c:>22s}" for c in columns])]
+  for name, r in rows.items():
+    step = str(r.get("step", "-"))
+    cells = [f"{r[c]:22.5g}" if c in r and not np.isnan(r[c]) else f"{'':>22s}"
+             for c in columns]
+    lines.append("  ".join([f"{name:14s}", f"{step:>7s}"] + cells))
+  return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""Evaluators: metrics of image sets, generation in fixed batches, the real reference, the
+feature cache, and evaluation during a run (metrics.csv, the best checkpoint, quality.png)."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import default
+from dcgan_jax import (checkpoint, classifier, evaluation, input_pipeline, metrics, sampling,
+                       steps, train)
+from conftest import tiny_gan
+from train_test import tiny_config
+
+
+def _mean_pixel_extractor(calls: list | None = None) -> evaluation.Extractor:
+  """Features: the mean of each image quarter (4); classes: the brightest quarter."""
+  def extract(x):
+    if calls is not None:
+      calls.append(len(x))
+    h, w = x.shape[1] // 2, x.shape[2] // 2
+    quarters = np.stack([x[:, :h, :w].mean((1, 2, 3)), x[:, :h, w:].mean((1, 2, 3)),
+                         x[:, h:, :w].mean((1, 2, 3)), x[:, h:, w:].mean((1, 2, 3))], 1)
+    return quarters.astype(np.float64), np.argmax(quarters, 1)
+  return evaluation.Extractor("classifier", "classifier_", "quarters-v1", extract)
+
+
+def _images(seed: int, n: int = 400) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+
+
+def test_metrics_of_images(tmp_path):
+  evaluator = evaluation.Evaluator(_mean_pixel_extractor(), _images(0), str(tmp_path),
+                                   kid_subset_size=100, kid_subsets=10)
+  assert evaluator.metric_names() == ["classifier_fid", "classifier_kid", "classifier_kid_std",
+                                      "classes_present", "min_class_fraction"]
+  same = evaluator.of_images(_images(0))
+  assert abs(same["classifier_fid"]) < 1e-9
+  other = evaluator.of_images(_images(1))
+  shifted = evaluator.of_images(np.clip(_images(1).astype(int) + 60, 0, 255).astype(np.uint8))
+  assert 0 < other["classifier_fid"] < shifted["classifier_fid"]
+  assert other["classifier_kid"] < shifted["classifier_kid"]
+  # Four classes at most (the quarters): a histogram of four nonzero bins out of ten.
+  assert other["classes_present"] == 4 and other["min_class_fraction"] == 0.0
+  # The FID is the Fréchet distance of the features' Gaussians, computed by hand here.
+  real, _ = _mean_pixel_extractor().extract(evaluation.steps_to_float(_images(0)))
+  fake, _ = _mean_pixel_extractor().extract(evaluation.steps_to_float(_images(1)))
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+  expected = (np.sum((real.mean(0) - fake.mean(0)) ** 2) + np.trace(s1 + s2)
+              - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real))
+  assert other["classifier_fid"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_real_features_are_cached_by_extractor_and_images(tmp_path):
+  calls = []
+  evaluation.Evaluator(_mean_pixel_extractor(calls), _images(0), str(tmp_path))
+  evaluation.Evaluator(_mean_pixel_extractor(calls), _images(0), str(tmp_path))
+  assert calls == [400]  # the second evaluator read the cache
+  evaluation.Evaluator(_mean_pixel_extractor(calls), _images(2), str(tmp_path))
+  assert calls == [400, 400]  # other images: computed again
+  cached = [p for p in os.listdir(tmp_path) if p.startswith("features-classifier-")]
+  assert len(cached) == 2
+  for name in cached:  # a damaged cache file is rebuilt, not trusted
+    (tmp_path / name).write_bytes(b"damaged")
+  evaluation.Evaluator(_mean_pixel_extractor(calls), _images(0), str(tmp_path))
+  assert calls == [400, 400, 400]
+
+
+def test_generation_in_fixed_batches_equals_batch_by_batch():
+  gan = tiny_gan()
+  state = steps.init_train_state(gan, 0)
+  z = evaluation.eval_noise(0, 10, gan.nz)
+  many = evaluation.generate_u8(gan, state, z, 4, "train")
+  assert many.shape == (10, 32, 32, 1) and many.dtype == np.uint8
+  by_batch = [sampling.generate_uint8(gan, state, z[i:i + 4], "train") for i in (0, 4)]
+  np.testing.assert_array_equal(many[:8], np.concatenate(by_batch))
+  # The last batch of 2 was completed with rows 0 and 1 so that its statistics use 4 images.
+  last = sampling.generate_uint8(gan, state, np.concatenate([z[8:], z[:2]]), "train")
+  np.testing.assert_array_equal(many[8:], last[:2])
+  np.testing.assert_array_equal(evaluation.eval_noise(0, 10, gan.nz), z)  # fixed by the seed
+  assert not np.array_equal(evaluation.eval_noise(1, 10, gan.nz), z)
+
+
+def test_reference_images():
+  config = default.get_config()
+  data = np.arange(5000, dtype=np.int32).reshape(5000, 1, 1, 1)  # each image its index
+  reference, held_out = evaluation.reference_images(config, data)
+  assert len(reference) == 4000 and len(held_out) == 1000  # the classifier's split
+  _, labels = input_pipeline.embedded_digits()
+  np.testing.assert_array_equal(held_out.ravel(),
+                                np.flatnonzero(classifier.held_out_mask(labels)))
+  config.dataset, config.eval_num_samples = "imagefolder", 300
+  data = np.arange(1000 * 4, dtype=np.int32).reshape(1000, 2, 2, 1)
+  reference, held_out = evaluation.reference_images(config, data)
+  assert held_out is None and len(reference) == 300
+  assert len({int(r[0, 0, 0]) for r in reference}) == 300  # distinct images
+  again, _ = evaluation.reference_images(config, data)
+  np.testing.assert_array_equal(reference, again)  # fixed by the seed
+  config.seed = 1
+  assert not np.array_equal(evaluation.reference_images(config, data)[0], reference)
+
+
+def test_best_metric_name():
+  config = default.get_config()
+  assert evaluation.best_metric_name(config) == "classifier_fid"
+  config.g_ema_decay = 0.999
+  assert evaluation.best_metric_name(config) == "ema_classifier_fid"
+  config.evaluator, config.inception_weights = "inception", "w.pth"
+  assert evaluation.best_metric_name(config) == "ema_fid"
+  config.best_metric = "kid"
+  assert evaluation.best_metric_name(config) == "kid"
+
+
+def eval_config(steps_: int):
+  config = tiny_config(steps_)
+  config.evaluator = "classifier"
+  config.eval_every_steps = 2
+  config.eval_num_samples = 64
+  config.g_ema_decay = 0.9
+  return config
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("eval_run"))
+  return workdir, train.train_and_evaluate(eval_config(6), workdir)
+
+
+def test_run_evaluates_and_keeps_the_best_checkpoint(evaluated_run):
+  workdir, state = evaluated_run
+  rows = metrics.read_metrics(os.path.join(workdir, "metrics.csv"))
+  assert [r["step"] for r in rows] == ["2", "4", "6"]
+  for name in ("classifier_fid", "classifier_kid", "ema_classifier_fid", "classes_present",
+               "ema_min_class_fraction"):
+    assert all(r[name] != "" for r in rows), name
+  values = {int(r["step"]): float(r["ema_classifier_fid"]) for r in rows}
+  best_step = min(values, key=values.get)
+  best_dir = os.path.join(workdir, "best")
+  assert [p for p in os.listdir(best_dir) if p.isdigit()] == [str(best_step)]
+  assert Image.open(os.path.join(workdir, "quality.png")).format == "PNG"
+  ckpt = checkpoint.BestCheckpointer(best_dir, "ema_classifier_fid", create=False)
+  assert ckpt.best_value() == pytest.approx(values[best_step], rel=1e-5)
+  ckpt.close()
+  # The row's metrics are those of the state at that step: recompute the last one.
+  config = eval_config(6)
+  evaluator, _ = evaluation.from_config(config, _embedded_data(config))
+  gan = train.build_gan(config)
+  again = evaluation.evaluate_state(evaluator, gan, state, config,
+                                    evaluation.eval_noise(config.seed, 64, config.nz))
+  assert again["ema_classifier_fid"] == pytest.approx(float(rows[-1]["ema_classifier_fid"]),
+                                                      rel=1e-5)
+
+
+def _embedded_data(config):
+  return input_pipeline.load_images(config)
+
+
+def test_resumed_evaluated_run_equals_an_uninterrupted_one(evaluated_run, tmp_path):
+  workdir, state = evaluated_run
+  first = str(tmp_path / "resumed")
+  train.train_and_evaluate(eval_config(4), first)
+  resumed = train.train_and_evaluate(eval_config(6), first)
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(state), strict=True):
+    np.testing.assert_array_equal(a, b)
+  read = lambda w: [(r["step"], r["ema_classifier_fid"])  # noqa: E731
+                    for r in metrics.read_metrics(os.path.join(w, "metrics.csv"))]
+  assert read(first) == read(workdir)
+  assert os.listdir(os.path.join(first, "best")) == os.listdir(os.path.join(workdir, "best"))
+
+
+def test_evaluation_off_writes_no_columns(tmp_path):
+  train.train_and_evaluate(tiny_config(2), str(tmp_path))
+  assert "classifier_fid" not in metrics.read_metrics(str(tmp_path / "metrics.csv"))[0]
+  assert not (tmp_path / "best").exists() and not (tmp_path / "quality.png").exists()
+
+
+def test_run_with_the_inception_evaluator(tmp_path, monkeypatch):
+  torch = pytest.importorskip("torch")
+  from dcgan_jax import inception  # pylint: disable=g-import-not-at-top
+  from inception_test import _random_state_dict  # pylint: disable=g-import-not-at-top
+  weights = tmp_path / "weights.pth"
+  torch.save({k: torch.from_numpy(v) for k, v in _random_state_dict().items()}, weights)
+  monkeypatch.setattr(inception, "WEIGHTS_SHA256", inception.file_sha256(str(weights)))
+  config = tiny_config(2)
+  config.evaluator, config.inception_weights = "inception", str(weights)
+  config.eval_every_steps, config.eval_num_samples = 2, 10
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  row = metrics.read_metrics(str(workdir / "metrics.csv"))[-1]
+  assert float(row["fid"]) > 0 and row["kid"] != "" and "classes_present" not in row
+  assert [p for p in os.listdir(workdir / "best") if p.isdigit()] == ["2"]
