@@ -171,12 +171,6 @@ def test_resumed_evaluated_run_equals_an_uninterrupted_one(evaluated_run, tmp_pa
   assert os.listdir(os.path.join(first, "best")) == os.listdir(os.path.join(workdir, "best"))
 
 
-def test_evaluation_off_writes_no_columns(tmp_path):
-  train.train_and_evaluate(tiny_config(2), str(tmp_path))
-  assert "classifier_fid" not in metrics.read_metrics(str(tmp_path / "metrics.csv"))[0]
-  assert not (tmp_path / "best").exists() and not (tmp_path / "quality.png").exists()
-
-
 def test_run_with_the_inception_evaluator(tmp_path, monkeypatch):
   torch = pytest.importorskip("torch")
   from dcgan_jax import inception  # pylint: disable=g-import-not-at-top

@@ -53,6 +53,9 @@ def test_run_writes_every_output(six_step_run):
   grid = Image.open(os.path.join(workdir, "samples.png"))
   assert grid.size == (2 * 34 + 2, 2 * 34 + 2)  # 4 images of 32 px, padding 2
   assert Image.open(os.path.join(workdir, "losses.png")).format == "PNG"
+  # Without an evaluator: no evaluation columns, no best checkpoint, no quality plot.
+  assert "classifier_fid" not in rows[0] and "fid" not in rows[0]
+  assert not {"best", "quality.png"} & set(os.listdir(workdir))
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f) == tiny_config(6).to_dict()
 
