@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                            the tutorial's exact pixels); part of the cache key
   config.prefetch_batches = 2  # batches prepared ahead on a background thread
   config.data_on_device = False  # hold the whole uint8 dataset on the accelerator, gather there
+  config.num_devices = 0  # data parallelism: devices in the 1-D 'data' mesh (0 = all); the
+  #                         batch is split over them and must divide by their number
   config.steps_per_dispatch = 1  # iterations per jitted call (lax.scan); chunks end on every
   #                                log/sample/checkpoint step, so each size compiles once
 

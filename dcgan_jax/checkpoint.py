@@ -40,9 +40,11 @@ class Checkpointer:
   def _restore(self, step: int, abstract):
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-  def restore(self, template: TrainState, step: int | None = None) -> TrainState:
+  def restore(self, template: TrainState, step: int | None = None,
+              sharding: jax.sharding.Sharding | None = None) -> TrainState:
     """The checkpoint at `step` (default: latest), shaped like `template` (arrays
-    or jax.ShapeDtypeStruct leaves).
+    or jax.ShapeDtypeStruct leaves), its arrays placed with `sharding` (default: on the first
+    device), whatever devices wrote it.
 
     A checkpoint written without a generator EMA restores into a state that has one (the
     EMA starts from G's parameters); one written with an EMA restores into a state without
@@ -51,7 +53,9 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            template)
     try:
       return self._restore(step, abstract)
     except ValueError as e:

@@ -12,7 +12,7 @@ from dcgan_jax.models import SUPPORTED_IMAGE_SIZES
 ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "g_ema_decay": 0.0, "evaluator": "", "eval_every_steps": 0,
                         "eval_num_samples": 10000, "inception_weights": "",
-                        "best_metric": "auto"}
+                        "best_metric": "auto", "num_devices": 0}
 
 
 def _require(ok: bool, field: str, value, why: str) -> None:
@@ -49,6 +49,7 @@ def validate(config) -> None:
            "is not 'float32' or 'bfloat16'")
   _require(c.sample_bn_mode in ("train", "eval"), "sample_bn_mode", c.sample_bn_mode,
            "is not 'train' or 'eval'")
+  _require(c.num_devices >= 0, "num_devices", c.num_devices, "must be >= 0 (0 uses all)")
   _require(c.prefetch_batches >= 1, "prefetch_batches", c.prefetch_batches, "must be >= 1")
   _require(c.decode_workers >= 0, "decode_workers", c.decode_workers,
            "must be >= 0 (0 uses all cores)")

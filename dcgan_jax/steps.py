@@ -70,6 +70,7 @@ class GAN:
   batch_size: int
   label_smoothing: float = 0.0
   g_ema_decay: float = 0.0  # > 0: keep g_ema_params, updated after every G step
+  batch_sharding: Any = None  # a jax.sharding.Sharding of (B, ...) arrays: the data mesh
 
 
 def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
@@ -99,9 +100,17 @@ def abstract_train_state(gan: GAN) -> TrainState:
 
 
 def step_noise(gan: GAN, state: TrainState) -> jax.Array:
-  """The latent batch z (B, nz) of the current step, N(0, 1)."""
+  """The latent batch z (B, nz) of the current step, N(0, 1) (split over the data mesh, where
+  there is one, so that each device runs G on its part of the batch)."""
   key = jax.random.fold_in(state.rng, state.step)
-  return jax.random.normal(key, (gan.batch_size, gan.nz))
+  return _split_batch(gan, jax.random.normal(key, (gan.batch_size, gan.nz)))
+
+
+def _split_batch(gan: GAN, x_Bx: jax.Array) -> jax.Array:
+  """x split along its batch axis over the data mesh (unchanged without one)."""
+  if gan.batch_sharding is None:
+    return x_Bx
+  return jax.lax.with_sharding_constraint(x_Bx, gan.batch_sharding)
 
 
 def to_float(images_u8: jax.Array) -> jax.Array:
@@ -187,7 +196,7 @@ def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[Train
   g_forward = lambda p: _apply_train(gan.generator, p, state.g_batch_stats,  # noqa: E731
                                      step_noise(gan, state))
   fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-  state, d_metrics = _d_update(gan, state, to_float(images_u8), fake)
+  state, d_metrics = _d_update(gan, state, _split_batch(gan, to_float(images_u8)), fake)
   (loss, logits), d_fake = jax.value_and_grad(
       functools.partial(_g_loss_of_fake, gan, state), has_aux=True)(fake)
   grads, = g_vjp(d_fake)

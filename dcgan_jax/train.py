@@ -10,8 +10,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcgan_jax import (checkpoint, configuration, evaluation, input_pipeline, metrics, sampling,
-                       steps)
+from dcgan_jax import (checkpoint, configuration, evaluation, input_pipeline, metrics, parallel,
+                       sampling, steps)
 from dcgan_jax.errors import UsageError
 from dcgan_jax.models import Discriminator, Generator
 
@@ -20,8 +20,10 @@ _train_steps = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
 _train_steps_gather = jax.jit(steps.train_steps_gather, static_argnums=0, donate_argnums=1)
 
 
-def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None) -> steps.GAN:
-  """The models, optimizers and loss settings that a config describes."""
+def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None,
+              mesh: jax.sharding.Mesh | None = None) -> steps.GAN:
+  """The models, optimizers and loss settings that a config describes; with a mesh, the
+  training batch is split over its data axis."""
   return steps.GAN(
       generator=Generator(config.image_size, config.channels, config.ngf, config.upconv_impl,
                           config.compute_dtype),
@@ -30,7 +32,8 @@ def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None) 
       g_opt=steps.Adam(config.g_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       d_opt=steps.Adam(config.d_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       nz=config.nz, batch_size=batch_size or config.batch_size,
-      label_smoothing=config.label_smoothing, g_ema_decay=config.g_ema_decay)
+      label_smoothing=config.label_smoothing, g_ema_decay=config.g_ema_decay,
+      batch_sharding=parallel.batch_sharding(mesh) if mesh is not None else None)
 
 
 def check_workdir(workdir: str) -> None:
@@ -45,12 +48,14 @@ def check_workdir(workdir: str) -> None:
     raise UsageError(f"--workdir={workdir!r} cannot be written: {e.strerror or e}") from e
 
 
-def restore_or_init(gan: steps.GAN, ckpt: checkpoint.Checkpointer, seed: int) -> steps.TrainState:
-  """The latest checkpoint if there is one, else a freshly initialised state."""
+def restore_or_init(gan: steps.GAN, ckpt: checkpoint.Checkpointer, seed: int,
+                    mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """The latest checkpoint if there is one, else a freshly initialised state; replicated
+  over the mesh (a checkpoint written with any number of devices)."""
   if ckpt.latest_step() is None:
-    return steps.init_train_state(gan, seed)
+    return jax.device_put(steps.init_train_state(gan, seed), parallel.replicated(mesh))
   try:
-    return ckpt.restore(steps.abstract_train_state(gan))
+    return ckpt.restore(steps.abstract_train_state(gan), sharding=parallel.replicated(mesh))
   except (ValueError, KeyError, TypeError) as e:
     raise UsageError(f"the checkpoint in {ckpt.directory} (step {ckpt.latest_step()}) does not "
                      "fit this config's model (image_size, channels, nz, ngf, ndf): use the "
@@ -191,32 +196,33 @@ class _RunOutputs:
 
 
 def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, start: int,
-          total: int):
+          total: int, mesh: jax.sharding.Mesh):
   """(dispatch function, prefetcher of (chunk length, its batch argument)) from start to total."""
   batches = input_pipeline.Batches(data, config.batch_size, config.seed)
   intervals = (config.log_every_steps, config.sample_every_steps, config.checkpoint_every_steps)
   if config.evaluator and config.eval_every_steps:
     intervals += (config.eval_every_steps,)
   chunks = input_pipeline.plan_chunks(start, total, config.steps_per_dispatch, intervals)
+  split = parallel.batch_sharding(mesh, batch_axis=1)  # chunks are (K, B, ...)
   if config.data_on_device:
-    on_device = jax.device_put(np.asarray(data))
+    on_device = jax.device_put(np.asarray(data), parallel.replicated(mesh))
     run = lambda s, idx: _train_steps_gather(gan, s, on_device, idx)
-    make = lambda c: (c[1], jax.device_put(batches.chunk_indices(*c)))
+    make = lambda c: (c[1], jax.device_put(batches.chunk_indices(*c), split))
   else:
     run = lambda s, images: _train_steps(gan, s, images)
-    make = lambda c: (c[1], jax.device_put(batches.chunk(*c)))
+    make = lambda c: (c[1], jax.device_put(batches.chunk(*c), split))
   return run, input_pipeline.Prefetcher(make, chunks, config.prefetch_batches)
 
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
                 state: steps.TrainState, data: np.ndarray, total: int,
-                ckpt: checkpoint.Checkpointer, evaluation_: "_Evaluation | None"
-                ) -> steps.TrainState:
+                ckpt: checkpoint.Checkpointer, evaluation_: "_Evaluation | None",
+                mesh: jax.sharding.Mesh) -> steps.TrainState:
   """Steps from state.step to total, logging, sampling, evaluating and checkpointing."""
   start = int(state.step)
   outputs = _RunOutputs(config, workdir, ckpt, start, total, len(data) // config.batch_size,
                         evaluation_)
-  run, prefetcher = _feed(config, gan, data, start, total)
+  run, prefetcher = _feed(config, gan, data, start, total, mesh)
   done = start
   try:
     for num_steps, batch in prefetcher:
@@ -251,13 +257,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   check_workdir(workdir)
   data = input_pipeline.load_images(config)
   total = configuration.total_steps(config, len(data))
-  gan = build_gan(config)
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(config.batch_size, mesh)
+  gan = build_gan(config, mesh=mesh)
   evaluator, floor = _make_evaluator(config, data)  # before anything is written
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.max_checkpoints_to_keep or None)
   evaluation_ = None
   try:  # closing waits for a checkpoint still being written, also on errors and Ctrl-C
-    state = restore_or_init(gan, ckpt, config.seed)
+    state = restore_or_init(gan, ckpt, config.seed, mesh)
     start = int(state.step)
     logging.info("%d images %s, %d steps per epoch; %s at step %d of %d", len(data),
                  data.shape[1:], len(data) // config.batch_size,
@@ -268,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       return state
     if evaluator is not None:
       evaluation_ = _Evaluation(config, workdir, evaluator, gan)
-    state = _train_loop(config, workdir, gan, state, data, total, ckpt, evaluation_)
+    state = _train_loop(config, workdir, gan, state, data, total, ckpt, evaluation_, mesh)
   finally:
     ckpt.close()
   csv_path = os.path.join(workdir, "metrics.csv")

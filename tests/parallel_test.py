@@ -1,0 +1,110 @@
+"""Data parallelism on fake CPU devices: 1, 4 and 8 devices compute the same steps on the same
+global batch, and a checkpoint written with 4 devices restores and trains on 1."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from dcgan_jax import parallel
+from dcgan_jax.errors import UsageError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+_SAME_STEPS = """
+import json, dataclasses, jax, numpy as np
+from dcgan_jax import parallel, steps
+from conftest import tiny_gan
+assert len(jax.devices()) == 8
+images = np.random.default_rng(0).integers(0, 256, (3, 16, 32, 32, 1), dtype=np.uint8)
+run = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
+out = {}
+for n in (1, 4, 8):
+  mesh = parallel.make_mesh(n)
+  # Adam with a large eps updates in proportion to the gradient, so that float rounding is not
+  # magnified into lr * sign(g) as in Adam's first steps with eps 1e-8.
+  adam = steps.Adam(learning_rate=1e-2, eps=1.0)
+  gan = dataclasses.replace(tiny_gan(batch_size=16), g_opt=adam, d_opt=adam,
+                            batch_sharding=parallel.batch_sharding(mesh))
+  state = jax.device_put(steps.init_train_state(gan, 0), parallel.replicated(mesh))
+  batch = jax.device_put(images, parallel.batch_sharding(mesh, batch_axis=1))
+  state, metrics = run(gan, state, batch)
+  out[n] = {"devices": len(state.d_params and jax.tree.leaves(state.d_params)[0].sharding.device_set),
+            "batch_devices": len(batch.sharding.device_set),
+            "loss_d": np.asarray(metrics["loss_d"]).tolist(),
+            "loss_g": np.asarray(metrics["loss_g"]).tolist(),
+            "params": [np.asarray(x).ravel()[:50].tolist() for x in jax.tree.leaves(
+                (state.g_params, state.d_params, state.g_batch_stats, state.d_batch_stats))]}
+print(json.dumps(out))
+"""
+
+
+def _run_on_8_devices(code: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                        cwd=cwd, timeout=600)
+
+
+def test_one_four_and_eight_devices_take_the_same_steps(tmp_path):
+  result = _run_on_8_devices(_SAME_STEPS, tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = {int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
+  assert [out[n]["devices"] for n in (1, 4, 8)] == [1, 4, 8]
+  assert [out[n]["batch_devices"] for n in (1, 4, 8)] == [1, 4, 8]
+  # Equal up to the order of floating-point sums. (BatchNorm over each device's part of the
+  # batch instead of the global batch would change the losses in the second decimal.)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for n in (4, 8):
+    for key in ("loss_d", "loss_g"):
+      assert out[n][key] == pytest.approx(out[1][key], rel=1e-5), (n, key)
+    diffs = [np.max(np.abs(np.subtract(a, b))) for a, b in zip(out[n]["params"], out[1]["params"],
+                                                                 strict=True)]
+    assert max(diffs) < 1e-6, (n, max(diffs))
+
+
+_RESTORE_ELSEWHERE = """
+import sys, jax, numpy as np
+from dcgan_jax import train
+from train_test import tiny_config
+workdir, devices, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+config = tiny_config(steps)
+config.num_devices = devices
+state = train.train_and_evaluate(config, workdir)
+np.save(workdir + f"/g_{devices}_{steps}.npy", np.concatenate(
+    [np.ravel(x) for x in jax.tree.leaves(state.g_params)]))
+"""
+
+
+def test_checkpoint_written_with_4_devices_trains_on_1(tmp_path):
+  code = _RESTORE_ELSEWHERE
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+  four = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  for workdir, runs in (("split", [(4, 3, four), (1, 6, env)]), ("whole", [(1, 6, env)])):
+    for devices, steps, run_env in runs:
+      result = subprocess.run([sys.executable, "-c", code, str(tmp_path / workdir),
+                               str(devices), str(steps)], capture_output=True, text=True,
+                              env=run_env, cwd=tmp_path, timeout=600)
+      assert result.returncode == 0, result.stderr[-3000:]
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  resumed = np.load(tmp_path / "split" / "g_1_6.npy")
+  straight = np.load(tmp_path / "whole" / "g_1_6.npy")
+  np.testing.assert_allclose(resumed, straight, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_must_divide_by_the_devices():
+  mesh = parallel.make_mesh(1)
+  parallel.check_batch_size(7, mesh)  # one device takes any batch
+  with pytest.raises(UsageError, match="num_devices=99 but only"):
+    parallel.make_mesh(99)
+
+
+def test_indivisible_batch_is_a_one_line_error(tmp_path):
+  result = _run_on_8_devices(
+      "import sys\nfrom dcgan_jax import parallel\n"
+      "try:\n  parallel.check_batch_size(12, parallel.make_mesh(8))\n"
+      "except Exception as e:\n  print(e)\n", tmp_path)
+  assert "config.batch_size=12 does not divide by the 8 devices" in result.stdout
