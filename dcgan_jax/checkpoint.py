@@ -112,9 +112,3 @@ class BestCheckpointer(Checkpointer):
     if saved:
       self._best = value
     return saved
-
-  def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> bool:
-    step = int(state.step)
-    if step in self._manager.all_steps():
-      return False  # this step's state was kept already (a resumed run recomputing it)
-    return bool(self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics))

@@ -43,14 +43,12 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
   results["untrained"] = {"step": 0, **evaluation.evaluate_state(
       judge, gan, steps.init_train_state(gan, config.seed), config, z)}
   for which in ("latest", "best"):
-    if which == "best" and not os.path.isdir(os.path.join(workdir, "best")):
-      continue
     try:
       _, gan, state, step = sampling.restore_for_sampling(workdir, config.batch_size, which)
     except UsageError:
       if which == "latest":
         raise
-      continue
+      continue  # a run without evaluation has no best checkpoint
     results[which] = {"step": step, **evaluation.evaluate_state(judge, gan, state, config, z)}
   report = {"evaluator": config.evaluator, "generated_images": config.eval_num_samples,
             "reference_images": judge.num_real, "bn_mode": config.sample_bn_mode,

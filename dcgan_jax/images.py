@@ -3,14 +3,17 @@
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 
-def to_uint8(images_in_minus1_1: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> [0, 255] uint8, rounding to nearest."""
-  x = (np.asarray(images_in_minus1_1, np.float32) + 1.0) * 127.5
-  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+def to_uint8(images_in_minus1_1: jax.Array) -> jax.Array:
+  """[-1, 1] floats -> [0, 255] uint8, rounding to nearest (halves to even); numpy or JAX
+  arrays, also inside jit."""
+  x = (jnp.asarray(images_in_minus1_1, jnp.float32) + 1.0) * 127.5
+  return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
 
 
 def make_grid(images_NxHxWxC: np.ndarray, ncols: int | None = None, padding: int = 2,

@@ -37,8 +37,6 @@ class MetricsWriter:
 
 
 def _fmt(value) -> str:
-  if isinstance(value, (bool, np.bool_)):
-    return str(int(value))
   if isinstance(value, (int, np.integer)):
     return str(int(value))
   return f"{float(value):.6g}"
@@ -85,7 +83,7 @@ def plot_eval(csv_path: str, png_path: str, metric: str, floor: float | None = N
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   rows = read_metrics(csv_path)
-  base = metric[4:] if metric.startswith("ema_") else metric
+  base = metric.removeprefix("ema_")
   series = {}
   for name, label in ((base, "G"), (f"ema_{base}", "G EMA")):
     points = [(int(r["step"]), float(r[name])) for r in rows if r.get(name)]

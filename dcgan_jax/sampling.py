@@ -1,9 +1,8 @@
 """Sample grids and single images from a generator, during training or from a workdir."""
 
+import functools
 import json
 import os
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,6 @@ from dcgan_jax import configuration, images, steps
 from dcgan_jax.errors import UsageError
 
 _SAMPLE_NOISE_SALT = 0x5A4D  # separates sample noise from training noise for one seed
-_generate = jax.jit(steps.generate, static_argnums=(0, 3, 4))
 
 
 def sample_noise(seed: int, num: int, nz: int) -> jax.Array:
@@ -26,16 +24,14 @@ def sample_noise(seed: int, num: int, nz: int) -> jax.Array:
 def generate_uint8(gan: steps.GAN, state: steps.TrainState, z_BxN: jax.Array,
                    bn_mode: str, ema: bool = False) -> np.ndarray:
   """Generated images (of G's EMA with ema=True) as uint8 (B, S, S, C)."""
-  return images.to_uint8(jax.device_get(_generate(gan, state, z_BxN, bn_mode, ema)))
+  return generate_batches_uint8(gan, state, jnp.asarray(z_BxN)[None], bn_mode, ema)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _generate_batches_u8(gan: steps.GAN, state: steps.TrainState, z_KxBxN: jax.Array,
                          bn_mode: str, ema: bool) -> jax.Array:
-  def one(z_BxN):
-    x = steps.generate(gan, state, z_BxN, bn_mode, ema)
-    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-  return jax.lax.map(one, z_KxBxN)
+  return jax.lax.map(lambda z: images.to_uint8(steps.generate(gan, state, z, bn_mode, ema)),
+                     z_KxBxN)
 
 
 def generate_batches_uint8(gan: steps.GAN, state: steps.TrainState, z_KxBxN: jax.Array,

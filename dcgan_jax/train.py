@@ -248,7 +248,7 @@ def _make_evaluator(config: ml_collections.ConfigDict, data: np.ndarray
   logging.info("held-out real images (%d) against the reference (%d): %s", len(held_out),
                evaluator.num_real, " ".join(f"{k} {v:.4g}" for k, v in floor.items()))
   name = evaluation.best_metric_name(config)
-  return evaluator, floor[name[4:] if name.startswith("ema_") else name]
+  return evaluator, floor[name.removeprefix("ema_")]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
