@@ -4,6 +4,9 @@
   python main.py --config configs/celeba.py --workdir runs/celeba
   python main.py --mode sample --workdir runs/celeba --num_images 16 --interpolation_frames 16
   python main.py --mode eval --workdir runs/celeba
+
+Several processes (hosts) train one run together with --coordinator_address, --num_processes
+and --process_id, or with none of them under SLURM, Open MPI or --distributed (README).
 """
 
 import logging as pylogging
@@ -45,6 +48,13 @@ def define_flags() -> None:
                       "eval mode: path of pt_inception-2015-12-05-6726825d.pth.")
   flags.DEFINE_integer("eval_num_samples", None,
                        "eval mode: generated images (default: the run's config).")
+  flags.DEFINE_string("coordinator_address", None,
+                      "Several processes: host:port of process 0, where the others meet.")
+  flags.DEFINE_integer("num_processes", None, "Several processes: how many in all.")
+  flags.DEFINE_integer("process_id", None, "Several processes: this one's index, from 0.")
+  flags.DEFINE_bool("distributed", False,
+                    "Call jax.distributed.initialize() and let JAX find the processes "
+                    "(Cloud TPU slices, Kubernetes; SLURM and Open MPI are found without it).")
 
 
 def _exit_with(message: str) -> None:
@@ -58,10 +68,14 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
     return str(e).splitlines()[0]
   if isinstance(e, OSError):
     return f"--config: cannot load the config file ({str(e).splitlines()[-1].strip()})"
-  field = str(e).strip("\"'")
+  while e.args and isinstance(e.args[0], Exception):  # ml_collections wraps a KeyError
+    e = e.args[0]
+  lines = str(e.args[0] if e.args else e).splitlines() or [""]
+  field = lines[0].strip("\"'")
+  hint = next((line.strip() for line in lines[1:] if line.startswith("Did you mean")),
+              "configs/default.py lists every field")
   given = [a for a in argv if a.startswith("--config.") and field in a]
-  return (f"{given[0] if given else '--config'}: the config has no field {field!r} "
-          "(configs/default.py lists every field)")
+  return f"{given[0] if given else '--config'}: the config has no field {field!r} ({hint})"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -85,9 +99,17 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-  from dcgan_jax import eval_run, sampling, train  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import eval_run, parallel, sampling, train  # pylint: disable=g-import-not-at-top
 
   try:
+    multi = ("coordinator_address", "num_processes", "process_id", "distributed")
+    if FLAGS.mode != "train" and any(FLAGS[name].present for name in multi):
+      raise UsageError(f"--mode {FLAGS.mode} runs in one process: leave out "
+                       "--coordinator_address, --num_processes, --process_id and --distributed")
+    if FLAGS.mode == "train" and parallel.initialize(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed):
+      if not parallel.is_primary():
+        logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "sample":

@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -62,9 +63,10 @@ def _read_complete(array_path: str, meta_path: str, key: str):
 
 
 def _write_json(path: str, obj) -> None:
-  with open(f"{path}.tmp{os.getpid()}", "w") as f:
+  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+  with open(tmp, "w") as f:
     json.dump(obj, f, indent=1)
-  os.replace(f"{path}.tmp{os.getpid()}", path)
+  os.replace(tmp, path)
 
 
 class _Progress:
@@ -153,7 +155,7 @@ def load_or_build(cache_dir: str, name: str, description: dict[str, Any], items:
   if os.path.exists(meta_path):
     os.remove(meta_path)  # the marker goes first: a cut-off rebuild is never taken as finished
   shape = (len(items), image_size, image_size, channels)
-  partial = f"{base}.partial{os.getpid()}.npy"
+  partial = f"{base}.partial-{socket.gethostname()}-{os.getpid()}.npy"  # one per process
   t0 = time.perf_counter()
   np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()
   try:

@@ -198,9 +198,10 @@ class Batches:
   def __getitem__(self, step: int) -> np.ndarray:
     return self.images[self.batch_indices(step)]
 
-  def chunk(self, first_step: int, num_steps: int) -> np.ndarray:
-    """The batches of num_steps consecutive steps, stacked: (K, B, S, S, C)."""
-    return np.stack([self[s] for s in range(first_step, first_step + num_steps)])
+  def chunk(self, first_step: int, num_steps: int, rows: slice = slice(None)) -> np.ndarray:
+    """The batches of num_steps consecutive steps, stacked: (K, B, S, S, C); with `rows`,
+    only those rows of each batch (a device's part of it)."""
+    return self.images[self.chunk_indices(first_step, num_steps)[:, rows]]
 
   def chunk_indices(self, first_step: int, num_steps: int) -> np.ndarray:
     """The sorted image indices of num_steps consecutive steps: (K, B) int32."""

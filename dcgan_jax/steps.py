@@ -89,9 +89,12 @@ def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
       g_ema_params=g_vars["params"] if gan.g_ema_decay > 0 else None)
 
 
-def init_train_state(gan: GAN, seed: int) -> TrainState:
-  """create_train_state compiled as one program (eager init compiles every op)."""
-  return jax.jit(create_train_state, static_argnums=0)(gan, jax.random.PRNGKey(seed))
+def init_train_state(gan: GAN, seed: int,
+                     sharding: jax.sharding.Sharding | None = None) -> TrainState:
+  """create_train_state compiled as one program (eager init compiles every op), its arrays
+  placed with `sharding` (e.g. replicated over every process's devices)."""
+  return jax.jit(create_train_state, static_argnums=0, out_shardings=sharding)(
+      gan, jax.random.PRNGKey(seed))
 
 
 def abstract_train_state(gan: GAN) -> TrainState:

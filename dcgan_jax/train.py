@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import sys
 import time
 
@@ -38,7 +39,7 @@ def build_gan(config: ml_collections.ConfigDict, batch_size: int | None = None,
 
 def check_workdir(workdir: str) -> None:
   """Creates workdir if needed and proves it is writable, touching nothing in it."""
-  probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+  probe = os.path.join(workdir, f".write_probe_{socket.gethostname()}_{os.getpid()}")
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, "w") as f:
@@ -51,9 +52,9 @@ def check_workdir(workdir: str) -> None:
 def restore_or_init(gan: steps.GAN, ckpt: checkpoint.Checkpointer, seed: int,
                     mesh: jax.sharding.Mesh) -> steps.TrainState:
   """The latest checkpoint if there is one, else a freshly initialised state; replicated
-  over the mesh (a checkpoint written with any number of devices)."""
+  over the mesh (a checkpoint written with any number of devices and processes)."""
   if ckpt.latest_step() is None:
-    return jax.device_put(steps.init_train_state(gan, seed), parallel.replicated(mesh))
+    return steps.init_train_state(gan, seed, parallel.replicated(mesh))
   try:
     return ckpt.restore(steps.abstract_train_state(gan), sharding=parallel.replicated(mesh))
   except (ValueError, KeyError, TypeError) as e:
@@ -97,20 +98,25 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _mean_row(pending: list[steps.Metrics]) -> dict[str, float]:
   """Means over every step of the pending dispatches (each metric is (K,) per dispatch)."""
-  stacked = jax.device_get(pending)
+  stacked = jax.device_get(parallel.local_copy(pending))
   return {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in stacked])))
           for k in stacked[0]}
 
 
 class _Evaluation:
   """Evaluation during a run: the metrics of G (and its EMA) every eval_every_steps, and the
-  best checkpoint by config.best_metric kept in workdir/best."""
+  best checkpoint by config.best_metric kept in workdir/best.
+
+  Process 0 evaluates (the other processes have no evaluator) and sends the best metric's
+  value to every process, which all take part in saving the best checkpoint.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               evaluator: evaluation.Evaluator, gan: steps.GAN):
+               evaluator: evaluation.Evaluator | None, gan: steps.GAN):
     self.config, self.evaluator, self.gan = config, evaluator, gan
     self.metric = evaluation.best_metric_name(config)
-    self.columns = evaluation.metric_names(evaluator, config.g_ema_decay > 0)
+    self.columns = (evaluation.metric_names(evaluator, config.g_ema_decay > 0)
+                    if evaluator is not None else [])
     self.best = checkpoint.BestCheckpointer(os.path.join(workdir, "best"), self.metric)
     self.z = evaluation.eval_noise(config.seed, config.eval_num_samples, config.nz)
 
@@ -120,8 +126,11 @@ class _Evaluation:
 
   def run(self, state: steps.TrainState) -> dict[str, float]:
     t0 = time.perf_counter()
-    values = evaluation.evaluate_state(self.evaluator, self.gan, state, self.config, self.z)
-    kept = self.best.offer(state, values[self.metric])
+    values = {}
+    if self.evaluator is not None:
+      values = evaluation.evaluate_state(self.evaluator, self.gan, parallel.local_copy(state),
+                                         self.config, self.z)
+    kept = self.best.offer(state, parallel.broadcast_float(values.get(self.metric, 0.0)))
     logging.info("step %d eval (%.1f s): %s%s", int(state.step), time.perf_counter() - t0,
                  " ".join(f"{k} {v:.4g}" for k, v in values.items()),
                  f"; best {self.metric} so far, kept in {self.best.directory}" if kept else "")
@@ -133,7 +142,8 @@ class _Evaluation:
 
 class _RunOutputs:
   """What a run writes as it trains: metrics rows, progress, sample grids, checkpoints,
-  evaluations."""
+  evaluations. Every process saves checkpoints (Orbax coordinates them); only process 0
+  (`primary`) writes the other files."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                ckpt: checkpoint.Checkpointer, start: int, total: int, steps_per_epoch: int,
@@ -141,13 +151,17 @@ class _RunOutputs:
     self.config, self.workdir, self.ckpt = config, workdir, ckpt
     self.total, self.steps_per_epoch, self.start = total, steps_per_epoch, start
     self.evaluation = evaluation_
-    self.writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"), resume_step=start,
-                                        eval_columns=evaluation_.columns if evaluation_ else ())
-    self.sample_dir = os.path.join(workdir, "samples")
-    os.makedirs(self.sample_dir, exist_ok=True)
-    self.fixed_z = sampling.sample_noise(config.seed, config.num_sample_images, config.nz)
-    self.sample_gan = build_gan(config, batch_size=config.num_sample_images)
-    self.progress = Progress(start, total)
+    self.primary = parallel.is_primary()
+    self.writer = self.progress = None
+    if self.primary:
+      self.writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"),
+                                          resume_step=start,
+                                          eval_columns=evaluation_.columns if evaluation_ else ())
+      self.sample_dir = os.path.join(workdir, "samples")
+      os.makedirs(self.sample_dir, exist_ok=True)
+      self.fixed_z = sampling.sample_noise(config.seed, config.num_sample_images, config.nz)
+      self.sample_gan = build_gan(config, batch_size=config.num_sample_images)
+      self.progress = Progress(start, total)
     self.pending: list[steps.Metrics] = []
     self.timed_steps, self.t0 = 0, time.perf_counter()
 
@@ -156,7 +170,8 @@ class _RunOutputs:
     """Called after each dispatch of num_steps steps with the number of steps done
     (counted on the host, so that nothing waits for the device) and the state after it."""
     c = self.config
-    self.pending.append(step_metrics)
+    if self.primary:
+      self.pending.append(step_metrics)
     if done == self.start + num_steps:  # leave the first dispatch's compilation out of images/s
       jax.block_until_ready(step_metrics)
       self.t0 = time.perf_counter()
@@ -169,10 +184,11 @@ class _RunOutputs:
       t0 = time.perf_counter()
       evaluated = self.evaluation.run(state)
       self.t0 += time.perf_counter() - t0  # evaluation time is not training time
-    if done % c.log_every_steps == 0 or last or evaluated:
+    if self.primary and (done % c.log_every_steps == 0 or last or evaluated):
       self._log(done, evaluated)
-    if done % c.sample_every_steps == 0 or last:
-      grid = sampling.generate_uint8(self.sample_gan, state, self.fixed_z, c.sample_bn_mode)
+    if self.primary and (done % c.sample_every_steps == 0 or last):
+      grid = sampling.generate_uint8(self.sample_gan, parallel.local_copy(state), self.fixed_z,
+                                     c.sample_bn_mode)
       sampling.write_grid(os.path.join(self.sample_dir, f"step_{done:07d}.png"), grid)
       if last:
         sampling.write_grid(os.path.join(self.workdir, "samples.png"), grid)
@@ -190,7 +206,8 @@ class _RunOutputs:
     self.pending, self.timed_steps, self.t0 = [], 0, time.perf_counter()
 
   def close(self) -> None:
-    self.progress.close()
+    if self.progress is not None:
+      self.progress.close()
     if self.evaluation is not None:
       self.evaluation.close()
 
@@ -205,12 +222,17 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
   chunks = input_pipeline.plan_chunks(start, total, config.steps_per_dispatch, intervals)
   split = parallel.batch_sharding(mesh, batch_axis=1)  # chunks are (K, B, ...)
   if config.data_on_device:
-    on_device = jax.device_put(np.asarray(data), parallel.replicated(mesh))
+    on_device = parallel.global_array(data.shape, parallel.replicated(mesh),
+                                      lambda index: data[index])
     run = lambda s, idx: _train_steps_gather(gan, s, on_device, idx)
-    make = lambda c: (c[1], jax.device_put(batches.chunk_indices(*c), split))
+    make = lambda c: (c[1], parallel.global_array(
+        (c[1], config.batch_size), split, batches.chunk_indices(*c).__getitem__))
   else:
     run = lambda s, images: _train_steps(gan, s, images)
-    make = lambda c: (c[1], jax.device_put(batches.chunk(*c), split))
+
+    make = lambda c: (c[1], parallel.global_array(  # each process reads its devices' rows
+        (c[1], config.batch_size) + data.shape[1:], split,
+        lambda index: batches.chunk(*c, rows=index[1])))
   return run, input_pipeline.Prefetcher(make, chunks, config.prefetch_batches)
 
 
@@ -251,16 +273,30 @@ def _make_evaluator(config: ml_collections.ConfigDict, data: np.ndarray
   return evaluator, floor[name.removeprefix("ema_")]
 
 
+def _load_images(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The training images; with several processes, process 0 first (it builds the cache
+  where the others find it on a shared file system; elsewhere each builds its own)."""
+  if not parallel.is_primary():
+    parallel.sync("dcgan_jax:images")
+    return input_pipeline.load_images(config)
+  try:
+    return input_pipeline.load_images(config)
+  finally:  # also on an error, which the others then meet themselves
+    parallel.sync("dcgan_jax:images")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains (or resumes training) and writes metrics, samples, plots and checkpoints."""
   configuration.validate(config)
   check_workdir(workdir)
-  data = input_pipeline.load_images(config)
-  total = configuration.total_steps(config, len(data))
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
+  data = _load_images(config)
+  total = configuration.total_steps(config, len(data))
   gan = build_gan(config, mesh=mesh)
-  evaluator, floor = _make_evaluator(config, data)  # before anything is written
+  evaluator, floor = None, None
+  if parallel.is_primary():  # before anything is written
+    evaluator, floor = _make_evaluator(config, data)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.max_checkpoints_to_keep or None)
   evaluation_ = None
@@ -270,15 +306,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     logging.info("%d images %s, %d steps per epoch; %s at step %d of %d", len(data),
                  data.shape[1:], len(data) // config.batch_size,
                  "resuming" if start else "starting", start, total)
-    _write_config(config, workdir)
+    if parallel.is_primary():
+      _write_config(config, workdir)
     if start >= total:
       logging.info("nothing to train: the checkpoint is at step %d >= %d", start, total)
       return state
-    if evaluator is not None:
+    if config.evaluator and config.eval_every_steps:
       evaluation_ = _Evaluation(config, workdir, evaluator, gan)
     state = _train_loop(config, workdir, gan, state, data, total, ckpt, evaluation_, mesh)
   finally:
     ckpt.close()
+  if not parallel.is_primary():
+    return state
   csv_path = os.path.join(workdir, "metrics.csv")
   metrics.plot_losses(csv_path, os.path.join(workdir, "losses.png"))
   if evaluation_ is not None:

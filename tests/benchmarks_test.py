@@ -35,3 +35,26 @@ def test_unknown_impl_is_refused():
   out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"),
                         "--impl", "jax,mxnet", *TINY], capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 2 and "'mxnet'" in out.stderr
+
+
+def test_scaling_lines_count_the_gradient_all_reduce_and_agree_with_one_device():
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--fake",
+                        "--devices", "1,2", "--image-size", "32", "--channels", "1",
+                        "--batch-size", "8", "--ngf", "4", "--ndf", "4", "--steps", "1",
+                        "--windows", "1", "--warmup", "0"],
+                       capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+  one, two = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert (one["devices"], two["devices"]) == (1, 2)
+  assert (one["per_device_batch"], two["per_device_batch"]) == (8, 4)
+  assert one["all_reduce_ops"] == one["all_reduce_bytes"] == 0
+  # Both networks' gradients cross the devices, plus BatchNorm statistics and the losses.
+  assert two["grad_bytes"] <= two["all_reduce_bytes"] < 1.5 * two["grad_bytes"]
+  assert two["first_loss_rel_diff"] < 1e-5 and two["max_param_diff"] < 1e-3
+
+
+def test_all_reduce_traffic_of_hlo_text():
+  from benchmarks.scaling import all_reduce_traffic  # pylint: disable=g-import-not-at-top
+  hlo = ("  %a = f32[64,3,4,4]{3,2,1,0} all-reduce(f32[64,3,4,4]{3,2,1,0} %x), to_apply=%add\n"
+         "  %b = (f32[10]{0}, bf16[2,2]{1,0}) all-reduce-start(%y, %z), to_apply=%add\n"
+         "  %c = f32[99]{0} add(%p, %q)\n")
+  assert all_reduce_traffic(hlo) == (2, 64 * 3 * 16 * 4 + 10 * 4 + 4 * 2)

@@ -177,6 +177,7 @@ def test_chunks_stack_the_batches_of_consecutive_steps():
   for k in range(3):
     np.testing.assert_array_equal(chunk[k], batches[2 + k])
     np.testing.assert_array_equal(batches.chunk_indices(2, 3)[k], np.sort(batches.indices(2 + k)))
+  np.testing.assert_array_equal(batches.chunk(2, 3, rows=slice(1, 3)), chunk[:, 1:3])
 
 
 def test_prefetcher_yields_in_order_runs_ahead_and_reraises():

@@ -35,6 +35,11 @@ def used_workdir(tmp_path):
 
 @pytest.mark.parametrize("args,names", [
     (["--config.no_such_field=1"], "no_such_field"),
+    (["--config.num_steps=3"], "no field 'num_steps' (Did you mean \"num_train_steps\""),
+    (["--num_processes=2"], "--coordinator_address, --num_processes and --process_id go together"),
+    (["--coordinator_address=localhost:1", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 is not in [0, --num_processes=2)"),
+    (["--mode=sample", "--num_processes=2"], "--mode sample runs in one process"),
     (["--config.image_size=48"], "config.image_size=48"),
     (["--config.image_size=abc"], "--config.image_size=abc"),
     (["--config=/nonexistent/c.py"], "/nonexistent/c.py"),
