@@ -9,6 +9,7 @@ Several processes (hosts) train one run together with --coordinator_address, --n
 and --process_id, or with none of them under SLURM, Open MPI or --distributed (README).
 """
 
+import importlib.util
 import logging as pylogging
 import os
 import sys
@@ -16,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dcgan_jax.errors import UsageError
+from dcgan_jax.errors import RunError, UsageError
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
@@ -57,17 +58,24 @@ def define_flags() -> None:
                     "(Cloud TPU slices, Kubernetes; SLURM and Open MPI are found without it).")
 
 
-def _exit_with(message: str) -> None:
+def _exit_with(message: str, status: int = 2) -> None:
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _flag_error(e: Exception, argv: list[str]) -> str:
   """One line for a bad flag, config file or config field."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  if isinstance(e, flags.Error) and "Error whilst parsing config file" in str(e):
+    return f"{lines[0].removesuffix(':')} ({lines[-1]})"  # the file's own error, last
   if isinstance(e, flags.Error):
-    return str(e).splitlines()[0]
-  if isinstance(e, OSError):
-    return f"--config: cannot load the config file ({str(e).splitlines()[-1].strip()})"
+    return lines[0]
+  if isinstance(e, SyntaxError):
+    return f"--config: {e.filename}, line {e.lineno}: {e.msg}"
+  if "get_config" in str(e):
+    return f"--config: the config file has no get_config() ({lines[0]})"
+  if isinstance(e, OSError) or not isinstance(e, (AttributeError, KeyError)):
+    return f"--config: cannot load the config file ({type(e).__name__}: {lines[-1] if lines else ''})"
   while e.args and isinstance(e.args[0], Exception):  # ml_collections wraps a KeyError
     e = e.args[0]
   lines = str(e.args[0] if e.args else e).splitlines() or [""]
@@ -84,8 +92,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
     rest = FLAGS(argv)
     FLAGS.config.to_dict()  # loads the config file, which ml_collections does lazily
     return rest
-  except (flags.Error, OSError, AttributeError, KeyError) as e:
+  except Exception as e:  # pylint: disable=broad-except  # a config file can raise anything
     _exit_with(_flag_error(e, argv))
+
+
+def _default_config():
+  """configs/default.py's config: every field, with the type it must have."""
+  spec = importlib.util.spec_from_file_location("dcgan_jax_default_config", _DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 class _LibraryInfoFilter(pylogging.Filter):
@@ -99,7 +115,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-  from dcgan_jax import eval_run, parallel, sampling, train  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  checkpoint.quiet_failed_reads()
+  # pylint: disable-next=g-import-not-at-top
+  from dcgan_jax import configuration, eval_run, parallel, sampling, train
 
   try:
     multi = ("coordinator_address", "num_processes", "process_id", "distributed")
@@ -111,6 +130,7 @@ def main(argv: list[str]) -> None:
       if not parallel.is_primary():
         logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
     if FLAGS.mode == "train":
+      configuration.check_fields(FLAGS.config, _default_config())
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "sample":
       paths = sampling.sample_from_workdir(
@@ -125,11 +145,13 @@ def main(argv: list[str]) -> None:
       logging.info("wrote %s", os.path.join(FLAGS.workdir, "eval.json"))
   except UsageError as e:
     _exit_with(str(e))
+  except RunError as e:
+    _exit_with(str(e), status=1)
 
 
 if __name__ == "__main__":
   try:
     define_flags()  # ml_collections reads --config.<field> overrides from sys.argv here
-  except (flags.Error, OSError, AttributeError, KeyError) as err:
+  except Exception as err:  # pylint: disable=broad-except
     _exit_with(_flag_error(err, sys.argv))
   app.run(main, flags_parser=_parse_flags)

@@ -1,15 +1,77 @@
 """Thin wrappers over Orbax's CheckpointManager: the latest checkpoints of a run, and the
-best one by an evaluation metric, kept apart."""
+best one by an evaluation metric, kept apart.
+
+A checkpoint holds two items, committed together (Orbax writes a step into a temporary
+folder and renames it when complete, so a step folder is whole or absent): `default`, the
+TrainState, and `extra`, a JSON dict of what else the run's future depends on (e.g. the
+metrics of steps not yet written as a row). Checkpoints from before `extra` existed restore
+with an empty one.
+"""
 
 import dataclasses
 import math
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from dcgan_jax.errors import RunError, UsageError
 from dcgan_jax.steps import TrainState
+
+
+class CorruptCheckpoint(RunError):
+  """A checkpoint whose files cannot be read back."""
+
+
+class IncompatibleCheckpoint(UsageError):
+  """A readable checkpoint of another model (different shapes or fields)."""
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{'g_params/UpConv_2/kernel': shape, ...} of a pytree of arrays or array metadata."""
+  def name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+  return {name(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def root_cause(e: BaseException) -> str:
+  """The first line of the innermost exception behind e (Orbax wraps TensorStore's)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _is_closed_loop_report(value: BaseException | None) -> bool:
+  return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+
+def quiet_failed_reads() -> None:
+  """Silences, for the rest of the process, what a failed Orbax restore leaves on stderr:
+  TensorStore callbacks into the restore's closed event loop, and its abandoned read
+  coroutines, each reported with a traceback although the failure itself was raised and
+  handled. Everything else is reported as before."""
+  unraisable_hook, excepthook = sys.unraisablehook, sys.excepthook
+
+  def unraisable(report) -> None:
+    if _is_closed_loop_report(report.exc_value) or "orbax" in repr(
+        getattr(report.object, "cr_code", report.object)):
+      return
+    unraisable_hook(report)
+
+  def uncaught(kind, value, traceback) -> None:
+    if not _is_closed_loop_report(value):
+      excepthook(kind, value, traceback)
+
+  sys.unraisablehook, sys.excepthook = unraisable, uncaught
+
+
+def _handlers() -> dict:
+  return {"default": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
 
 
 class Checkpointer:
@@ -19,15 +81,25 @@ class Checkpointer:
                options: dict | None = None):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_handlers=_handlers(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                             cleanup_tmp_directories=create,
                                              **(options or {})))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> bool:
-    """Saves at state.step unless a checkpoint of that or a later step exists.
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def reload(self) -> None:
+    """Reads the folder's steps again (after steps were moved away)."""
+    self._manager.reload()
+
+  def save(self, state: TrainState, metrics: dict[str, float] | None = None,
+           extra: dict | None = None) -> bool:
+    """Saves state (and the JSON dict `extra`) at state.step unless a checkpoint of that or
+    a later step exists.
 
     A newer checkpoint is never replaced by an older state; returns whether it saved.
     """
@@ -35,10 +107,47 @@ class Checkpointer:
     latest = self.latest_step()
     if latest is not None and step <= latest:
       return False
-    return bool(self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics))
+    args = ocp.args.Composite(default=ocp.args.StandardSave(state),
+                              extra=ocp.args.JsonSave(extra or {}))
+    return bool(self._manager.save(step, args=args, metrics=metrics))
 
   def _restore(self, step: int, abstract):
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return self._manager.restore(
+        step, args=ocp.args.Composite(default=ocp.args.StandardRestore(abstract)))["default"]
+
+  def extra(self, step: int) -> dict:
+    """The JSON dict saved with `step` ({} for checkpoints written without one)."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "extra")):
+      return {}
+    try:
+      found = self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+    except (ValueError, OSError) as e:
+      raise CorruptCheckpoint(f"{self.directory}/{step}/extra cannot be read ({e})") from e
+    return dict(found["extra"] or {})
+
+  def check_fits(self, template: TrainState, step: int) -> None:
+    """Compares the shapes stored with `step` against template's, reading no array data.
+
+    Raises IncompatibleCheckpoint naming the first differing entry, or CorruptCheckpoint
+    when the checkpoint's metadata cannot be read. The generator EMA may differ (restore
+    handles it).
+    """
+    try:
+      stored = self._manager.item_metadata(step)["default"]
+      stored = dict(getattr(stored, "tree", stored))
+    except Exception as e:  # pylint: disable=broad-except  # any unreadable metadata
+      raise CorruptCheckpoint(f"its metadata cannot be read ({root_cause(e)})") from e
+    expected = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)}
+    stored.pop("g_ema_params", None)
+    expected.pop("g_ema_params", None)
+    have, want = _shapes(stored), _shapes(expected)
+    for key in sorted(set(have) | set(want)):
+      if have.get(key) != want.get(key):
+        found = f"{key} of shape {have[key]}" if key in have else f"no {key}"
+        needed = f"shape {want[key]}" if key in want else "no such entry"
+        raise IncompatibleCheckpoint(
+            f"the checkpoint {self.directory}/{step} has {found}; this config's model has "
+            f"{needed} (image_size, channels, nz, ngf, ndf must be the run's)")
 
   def restore(self, template: TrainState, step: int | None = None,
               sharding: jax.sharding.Sharding | None = None) -> TrainState:

@@ -1,6 +1,7 @@
 """Config checks (before anything is written) and quantities derived from a config."""
 
 import math
+import os
 
 from dcgan_jax import ops
 from dcgan_jax.errors import UsageError
@@ -20,6 +21,31 @@ def _require(ok: bool, field: str, value, why: str) -> None:
     raise UsageError(f"config.{field}={value!r} {why}")
 
 
+def _same_kind(value, default) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  return default is None or isinstance(value, type(default))
+
+
+def check_fields(config, reference) -> None:
+  """Raises UsageError unless config has exactly reference's fields (configs/default.py's),
+  each of the reference's type (an int where a float is expected is fine)."""
+  have, want = config.to_dict(), reference.to_dict()
+  for field, default in want.items():
+    if field not in have:
+      raise UsageError(f"config.{field} is missing (configs/default.py defines every field; "
+                       "a config file should start from its get_config())")
+    if not _same_kind(have[field], default):
+      raise UsageError(f"config.{field}={have[field]!r} is a {type(have[field]).__name__}; it "
+                       f"must be a {type(default).__name__}")
+  unknown = sorted(set(have) - set(want))
+  if unknown:
+    raise UsageError(f"config.{unknown[0]} is not a field of configs/default.py (a misspelt "
+                     "field would be ignored)")
+
+
 def validate(config) -> None:
   """Raises UsageError naming the first field whose value cannot work."""
   c = config
@@ -37,6 +63,7 @@ def validate(config) -> None:
   if c.num_train_steps == -1:
     _require(c.num_epochs > 0, "num_epochs", c.num_epochs,
              "must be positive when num_train_steps is -1")
+  _require(0 <= c.seed < 2**32, "seed", c.seed, "must be in [0, 2**32)")
   for field in ("g_learning_rate", "d_learning_rate", "adam_eps"):
     _require(c[field] > 0, field, c[field], "must be positive")
   for field in ("adam_b1", "adam_b2", "label_smoothing"):
@@ -57,9 +84,18 @@ def validate(config) -> None:
   _validate_evaluation(c)
   _require(c.max_checkpoints_to_keep >= 0, "max_checkpoints_to_keep",
            c.max_checkpoints_to_keep, "must be >= 0 (0 keeps all)")
+  _check_paths(c)
   if ds.startswith("tfds:"):
+    _require(bool(c.split), "split", c.split, "must name a tfds split, e.g. 'train'")
     from dcgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     input_pipeline.check_tfds_name(ds[5:])
+
+
+def _check_paths(c) -> None:
+  """Paths that must be folders (the data folder is checked as it is listed, the Inception
+  weights as they load, each with its own message)."""
+  if c.cache_dir and os.path.exists(c.cache_dir):
+    _require(os.path.isdir(c.cache_dir), "cache_dir", c.cache_dir, "is not a folder")
 
 
 def _validate_evaluation(c) -> None:

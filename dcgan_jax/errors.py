@@ -1,4 +1,4 @@
-"""The error type for bad input: a config value, a path or a dataset name."""
+"""Error types whose message is one line for the user: main.py prints it without a traceback."""
 
 
 class UsageError(ValueError):
@@ -6,3 +6,9 @@ class UsageError(ValueError):
 
   `main.py` prints it and exits with status 2, before anything is written.
   """
+
+
+class RunError(RuntimeError):
+  """A run that cannot go on (training diverged, no readable checkpoint); one line naming
+  the step or the folder. `main.py` prints it and exits with status 1; what the run wrote
+  before stays as it was."""

@@ -125,3 +125,10 @@ def sync(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
 
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set in any process (the flag itself in one process)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from dcgan_jax import configuration, images, steps
-from dcgan_jax.errors import UsageError
+from dcgan_jax.errors import RunError, UsageError
 
 _SAMPLE_NOISE_SALT = 0x5A4D  # separates sample noise from training noise for one seed
 
@@ -87,7 +87,13 @@ def restore_for_sampling(workdir: str, batch_size: int, which: str = "latest"
     if step is None:
       raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint to sample from")
     gan = train.build_gan(config, batch_size=batch_size)
-    state = ckpt.restore(steps.abstract_train_state(gan))
+    template = steps.abstract_train_state(gan)
+    ckpt.check_fits(template, step)
+    try:
+      state = ckpt.restore(template)
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises plain Exceptions
+      raise RunError(f"the {which} checkpoint, {folder}/{step}, cannot be read "
+                     f"({checkpoint.root_cause(e)})") from e
   finally:
     ckpt.close()
   return config, gan, state, step

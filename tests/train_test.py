@@ -12,7 +12,6 @@ from PIL import Image
 
 from configs import celeba, default
 from dcgan_jax import metrics, train
-from dcgan_jax.errors import UsageError
 from conftest import make_image_folder
 
 
@@ -69,6 +68,9 @@ def test_resumed_run_continues_and_equals_an_uninterrupted_run(six_step_run, tmp
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6", "9"]
   straight = train.train_and_evaluate(tiny_config(9), str(tmp_path))
   assert _leaves_equal(jax.device_get(resumed), jax.device_get(straight))
+  untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+                          for r in rows]
+  assert untimed(rows) == untimed(metrics.read_metrics(str(tmp_path / "metrics.csv")))
 
 
 @pytest.mark.parametrize("field,value", [("data_on_device", True), ("steps_per_dispatch", 4)])
@@ -104,14 +106,6 @@ def test_shorter_run_never_overwrites_newer_outputs(six_step_run):
   assert int(state.step) == max(int(n) for n in before)
   assert {n: os.path.getmtime(os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir)} == before
   assert open(os.path.join(workdir, "metrics.csv")).read() == metrics_before
-
-
-def test_checkpoint_of_another_model_is_a_clear_error(six_step_run):
-  workdir, _ = six_step_run
-  config = tiny_config(12)
-  config.ngf = 16
-  with pytest.raises(UsageError, match="does not fit this config's model"):
-    train.train_and_evaluate(config, workdir)
 
 
 def test_plain_log_lines_without_a_terminal(tmp_path, caplog):
