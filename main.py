@@ -9,7 +9,6 @@ Several processes (hosts) train one run together with --coordinator_address, --n
 and --process_id, or with none of them under SLURM, Open MPI or --distributed (README).
 """
 
-import importlib.util
 import logging as pylogging
 import os
 import sys
@@ -96,14 +95,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _exit_with(_flag_error(e, argv))
 
 
-def _default_config():
-  """configs/default.py's config: every field, with the type it must have."""
-  spec = importlib.util.spec_from_file_location("dcgan_jax_default_config", _DEFAULT_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 class _LibraryInfoFilter(pylogging.Filter):
   """Keeps warnings from every library but INFO lines from this project only."""
 
@@ -130,7 +121,7 @@ def main(argv: list[str]) -> None:
       if not parallel.is_primary():
         logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
     if FLAGS.mode == "train":
-      configuration.check_fields(FLAGS.config, _default_config())
+      configuration.check_fields(FLAGS.config, configuration.load_config_file(_DEFAULT_CONFIG))
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "sample":
       paths = sampling.sample_from_workdir(

@@ -1,5 +1,6 @@
 """Config checks (before anything is written) and quantities derived from a config."""
 
+import importlib.util
 import math
 import os
 
@@ -14,6 +15,18 @@ ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "g_ema_decay": 0.0, "evaluator": "", "eval_every_steps": 0,
                         "eval_num_samples": 10000, "inception_weights": "",
                         "best_metric": "auto", "num_devices": 0}
+
+
+DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   "configs", "default.py")
+
+
+def load_config_file(path: str = DEFAULT_CONFIG_FILE):
+  """The ConfigDict of a config file's get_config() (configs/default.py's by default)."""
+  spec = importlib.util.spec_from_file_location("dcgan_jax_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def _require(ok: bool, field: str, value, why: str) -> None:

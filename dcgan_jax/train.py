@@ -455,6 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                                  max_to_keep=config.max_checkpoints_to_keep or None)
   evaluation_ = None
   try:  # closing waits for a checkpoint still being written, also on errors and Ctrl-C
+    restored = ckpt.latest_step() is not None
     state, extra = restore_or_init(gan, ckpt, config.seed, mesh)
     start = int(state.step)
     if extra.get("num_images", len(data)) != len(data):
@@ -464,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
           "use another --workdir")
     logging.info("%d images %s, %d steps per epoch; %s at step %d of %d", len(data),
                  data.shape[1:], len(data) // config.batch_size,
-                 "resuming" if start else "starting", start, total)
+                 "resuming" if restored else "starting", start, total)
     if parallel.is_primary():
       _write_config(config, workdir)
     if start >= total:
