@@ -4,6 +4,7 @@
   python main.py --config configs/celeba.py --workdir runs/celeba
   python main.py --mode sample --workdir runs/celeba --num_images 16 --interpolation_frames 16
   python main.py --mode eval --workdir runs/celeba
+  python main.py --mode serve --workdir runs/celeba --port 8000
 
 Several processes (hosts) train one run together with --coordinator_address, --num_processes
 and --process_id, or with none of them under SLURM, Open MPI or --distributed (README).
@@ -28,8 +29,11 @@ def define_flags() -> None:
       "Training config file; fields are overridden with --config.<field>=<value>.",
       lock_config=True)
   flags.DEFINE_string("workdir", "workdir", "Where checkpoints, metrics and samples go.")
-  flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                    "Train; sample from workdir; or evaluate workdir's checkpoints.")
+  flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "serve"],
+                    "Train; sample from workdir; evaluate workdir's checkpoints; or serve a "
+                    "web page that explores workdir's generator.")
+  flags.DEFINE_integer("port", 8000, "serve mode: the port.")
+  flags.DEFINE_string("host", "127.0.0.1", "serve mode: the address to listen on.")
   flags.DEFINE_integer("sample_seed", 0, "sample mode: the seed of the latent noise.")
   flags.DEFINE_integer("grid_size", 64, "sample mode: images in the grid.")
   flags.DEFINE_integer("num_images", 0, "sample mode: also write this many single PNGs.")
@@ -129,6 +133,9 @@ def main(argv: list[str]) -> None:
           FLAGS.interpolation_frames, FLAGS.checkpoint, FLAGS.ema)
       logging.info("wrote %s%s", paths[0],
                    f" and {len(paths) - 1} files beside it" if len(paths) > 1 else "")
+    elif FLAGS.mode == "serve":
+      from dcgan_jax import serve  # pylint: disable=g-import-not-at-top
+      serve.serve(FLAGS.workdir, FLAGS.host, FLAGS.port)
     else:
       report = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.evaluator, FLAGS.inception_weights,
                                          FLAGS.eval_num_samples, FLAGS.bn_mode)

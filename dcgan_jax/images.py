@@ -1,5 +1,6 @@
 """Image grids and PNG writing."""
 
+import io
 import math
 import os
 
@@ -31,11 +32,19 @@ def make_grid(images_NxHxWxC: np.ndarray, ncols: int | None = None, padding: int
   return grid
 
 
+def png_bytes(image_HxWxC: np.ndarray) -> bytes:
+  """A uint8 (H, W, 1 or 3) image encoded as PNG."""
+  image = image_HxWxC[..., 0] if image_HxWxC.shape[-1] == 1 else image_HxWxC
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format="PNG")
+  return out.getvalue()
+
+
 def save_png(path: str, image_HxWxC: np.ndarray) -> None:
   """Writes a uint8 (H, W, 1 or 3) image, atomically (temp file, then rename)."""
-  image = image_HxWxC[..., 0] if image_HxWxC.shape[-1] == 1 else image_HxWxC
   tmp = f"{path}.tmp"
-  Image.fromarray(image).save(tmp, format="PNG")
+  with open(tmp, "wb") as f:
+    f.write(png_bytes(image_HxWxC))
   os.replace(tmp, path)
 
 

@@ -156,7 +156,7 @@ def test_import_sample_train_on_and_export(tmp_path):
   result = _run(str(ROOT / "main.py"), "--mode=sample", f"--workdir={workdir}", "--grid_size=4",
                 "--num_images=4", "--bn_mode=eval")
   assert result.returncode == 0, result.stderr[-2000:]
-  z = np.asarray(sampling.sample_noise(0, 4, 100))
+  z = np.array(sampling.sample_noise(0, 4, 100))  # a writable copy for torch
   net_g.eval()
   with torch.no_grad():
     want = net_g(torch.from_numpy(z)[:, :, None, None]).numpy().transpose(0, 2, 3, 1)

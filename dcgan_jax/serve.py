@@ -1,0 +1,219 @@
+"""--mode serve: a local web page to explore a trained generator.
+
+Werkzeug (WSGI routing, requests, responses, a test client and a development server in one
+small, well-kept Pallets package, with no further dependencies) serves one page and a few
+endpoints. Every image comes from one jitted generator function over a batch of MAX_IMAGES
+latents, compiled once at start: requests change only its arguments (the latents, and the
+parameters of the latest or best checkpoint or of G's EMA, all of one shape), never its
+shapes, so nothing is traced again.
+
+  GET /                                  the page (offline: no assets from elsewhere)
+  GET /api/info                          the run: step, sizes, checkpoints, EMA, compilations
+  GET /api/grid.png?seed=S&n=N           N images of seed S (the first N of its batch)
+  GET /api/interpolation.png?seed_a=A&seed_b=B&frames=F   slerp from A's first latent to B's
+  GET /api/metrics                       metrics.csv: the last row, the best values, a count
+  GET /api/losses.png                    the run's loss plot
+  Every image endpoint also takes checkpoint=latest|best and ema=0|1.
+"""
+
+import json
+import math
+import os
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from dcgan_jax import images, metrics, sampling, steps
+from dcgan_jax.errors import UsageError
+from dcgan_jax.serve_page import PAGE
+
+MAX_IMAGES = 64  # the compiled batch; a grid shows up to this many
+MAX_FRAMES = 16
+_MAX_SEED = 2**31 - 1
+
+
+class BadRequest(ValueError):
+  """A request parameter out of range or not a number; its message is shown to the user."""
+
+
+class Explorer:
+  """The workdir's checkpoints and the one compiled generator function that serves them."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    config, gan, state, step = sampling.restore_for_sampling(workdir, MAX_IMAGES, "latest")
+    self.config, self.bn_mode = config, config.sample_bn_mode
+    self.states, self.ema = {}, {}
+    self._add("latest", state, step)
+    if os.path.isdir(os.path.join(workdir, "best")):
+      _, _, best, best_step = sampling.restore_for_sampling(workdir, MAX_IMAGES, "best")
+      self._add("best", best, best_step)
+    self.compilations = 0
+    self._lock = threading.Lock()
+
+    def generate(state: steps.TrainState, z_BxN: jax.Array) -> jax.Array:
+      self.compilations += 1  # runs only when jit traces
+      return images.to_uint8(steps.generate(gan, state, z_BxN, self.bn_mode))
+
+    self._generate = jax.jit(generate)
+    self._generate(self.states["latest"][0], jnp.zeros((MAX_IMAGES, config.nz)))  # compile
+
+  def _add(self, which: str, state: steps.TrainState, step: int) -> None:
+    self.states[which] = (self._view(state), step)
+    self.ema[which] = self._view(state, ema=True) if state.g_ema_params is not None else None
+
+  @staticmethod
+  def _view(state: steps.TrainState, ema: bool = False) -> steps.TrainState:
+    """What the generator reads, with no EMA field, so every view has one structure."""
+    return state.replace(g_params=state.g_ema_params if ema else state.g_params,
+                         g_ema_params=None, d_opt_state=None, g_opt_state=None,
+                         d_params=None, d_batch_stats=None)
+
+  def _state(self, which: str, ema: bool) -> steps.TrainState:
+    if which not in self.states:
+      raise BadRequest(f"checkpoint={which!r}: this run has "
+                       f"{' and '.join(sorted(self.states))} only")
+    if not ema:
+      return self.states[which][0]
+    if self.ema[which] is None:
+      raise BadRequest("ema=1: this run kept no EMA of G (config.g_ema_decay is 0)")
+    return self.ema[which]
+
+  def _images(self, z_KxN: np.ndarray, which: str, ema: bool) -> np.ndarray:
+    """uint8 images of K <= MAX_IMAGES latents: one batch of MAX_IMAGES, the K latents
+    repeated to fill it (with BatchNorm on batch statistics, the batch is the K latents)."""
+    k = len(z_KxN)
+    batch = np.resize(np.asarray(z_KxN, np.float32), (MAX_IMAGES, self.config.nz))
+    with self._lock:
+      out = self._generate(self._state(which, ema), jnp.asarray(batch))
+    return np.asarray(out)[:k]
+
+  def grid(self, seed: int, n: int, which: str = "latest", ema: bool = False) -> bytes:
+    """The first n of the seed's MAX_IMAGES images (those of `--mode sample --grid_size 64`)."""
+    z = np.asarray(sampling.sample_noise(seed, MAX_IMAGES, self.config.nz))
+    pictures = self._images(z, which, ema)[:n]
+    return images.png_bytes(images.make_grid(pictures, ncols=math.ceil(math.sqrt(n))))
+
+  def interpolation(self, seed_a: int, seed_b: int, frames: int, which: str = "latest",
+                    ema: bool = False) -> bytes:
+    z0 = np.asarray(sampling.sample_noise(seed_a, 1, self.config.nz))[0]
+    z1 = np.asarray(sampling.sample_noise(seed_b, 1, self.config.nz))[0]
+    z = sampling.slerp(z0, z1, np.linspace(0.0, 1.0, frames))
+    return images.png_bytes(images.make_grid(self._images(z, which, ema), ncols=frames))
+
+  def info(self) -> dict:
+    c = self.config
+    return {"workdir": os.path.abspath(self.workdir), "image_size": c.image_size,
+            "channels": c.channels, "nz": c.nz, "bn_mode": self.bn_mode,
+            "checkpoints": {k: step for k, (_, step) in self.states.items()},
+            "ema": sorted(k for k, v in self.ema.items() if v is not None),
+            "max_images": MAX_IMAGES, "max_frames": MAX_FRAMES, "max_seed": _MAX_SEED,
+            "compilations": self.compilations}
+
+  def metrics(self) -> dict:
+    path = os.path.join(self.workdir, "metrics.csv")
+    rows = metrics.read_metrics(path) if os.path.isfile(path) else []
+    numeric = lambda v: float(v) if v not in ("", None) else None  # noqa: E731
+    rows = [{k: numeric(v) for k, v in r.items()} for r in rows]
+    best = {}
+    for key in (rows[0] if rows else {}):
+      values = [r[key] for r in rows if r[key] is not None and math.isfinite(r[key])]
+      if values and ("fid" in key or "kid" in key):
+        best[key] = min(values)
+    return {"rows": len(rows), "last": rows[-1] if rows else None, "best": best}
+
+  def losses_png(self) -> bytes:
+    path = os.path.join(self.workdir, "losses.png")
+    csv_path = os.path.join(self.workdir, "metrics.csv")
+    if os.path.isfile(path) and (not os.path.isfile(csv_path)
+                                 or os.path.getmtime(path) >= os.path.getmtime(csv_path)):
+      with open(path, "rb") as f:
+        return f.read()
+    if not os.path.isfile(csv_path):
+      raise NotFound("this run has no metrics.csv yet")
+    with tempfile.TemporaryDirectory() as tmp:  # a run still training: plot its rows so far
+      metrics.plot_losses(csv_path, os.path.join(tmp, "losses.png"))
+      with open(os.path.join(tmp, "losses.png"), "rb") as f:
+        return f.read()
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+  raw = request.args.get(name, str(default))
+  try:
+    value = int(raw)
+  except ValueError:
+    raise BadRequest(f"{name}={raw!r} is not a whole number") from None
+  if not low <= value <= high:
+    raise BadRequest(f"{name}={value} is out of range: {low} to {high}")
+  return value
+
+
+def _which(request: Request) -> tuple[str, bool]:
+  which = request.args.get("checkpoint", "latest")
+  if which not in ("latest", "best"):
+    raise BadRequest(f"checkpoint={which!r} is not 'latest' or 'best'")
+  ema = request.args.get("ema", "0")
+  if ema not in ("0", "1"):
+    raise BadRequest(f"ema={ema!r} is not 0 or 1")
+  return which, ema == "1"
+
+
+def make_app(explorer: Explorer):
+  """The WSGI application of the page and its endpoints."""
+  urls = Map([Rule("/", endpoint="page"), Rule("/api/info", endpoint="info"),
+              Rule("/api/grid.png", endpoint="grid"),
+              Rule("/api/interpolation.png", endpoint="interpolation"),
+              Rule("/api/metrics", endpoint="metrics"), Rule("/api/losses.png", endpoint="losses")])
+  png = lambda data: Response(data, mimetype="image/png",  # noqa: E731
+                              headers={"Cache-Control": "no-store"})
+  as_json = lambda obj, status=200: Response(json.dumps(obj), status=status,  # noqa: E731
+                                             mimetype="application/json")
+
+  def handle(request: Request, endpoint: str) -> Response:
+    if endpoint == "page":
+      return Response(PAGE, mimetype="text/html")
+    if endpoint == "info":
+      return as_json(explorer.info())
+    if endpoint == "metrics":
+      return as_json(explorer.metrics())
+    if endpoint == "losses":
+      return png(explorer.losses_png())
+    which, ema = _which(request)
+    if endpoint == "grid":
+      return png(explorer.grid(_int(request, "seed", 0, 0, _MAX_SEED),
+                               _int(request, "n", 16, 1, MAX_IMAGES), which, ema))
+    return png(explorer.interpolation(_int(request, "seed_a", 0, 0, _MAX_SEED),
+                                      _int(request, "seed_b", 1, 0, _MAX_SEED),
+                                      _int(request, "frames", 8, 2, MAX_FRAMES), which, ema))
+
+  @Request.application
+  def app(request: Request) -> Response:
+    try:
+      endpoint, _ = urls.bind_to_environ(request.environ).match()
+      return handle(request, endpoint)
+    except BadRequest as e:
+      return as_json({"error": str(e)}, status=400)
+    except HTTPException as e:
+      return as_json({"error": e.description}, status=e.code)
+
+  return app
+
+
+def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+  """Serves the page until interrupted; refuses a workdir without a checkpoint."""
+  from werkzeug.serving import run_simple  # pylint: disable=g-import-not-at-top
+
+  explorer = Explorer(workdir)
+  logging.info("serving %s (step %d) on http://%s:%d/", workdir,
+               explorer.states["latest"][1], host, port)
+  try:
+    run_simple(host, port, make_app(explorer), threaded=True)
+  except OSError as e:
+    raise UsageError(f"--port={port}: cannot listen on {host}:{port} ({e.strerror or e})") from e
