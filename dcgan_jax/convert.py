@@ -21,7 +21,6 @@ running_var are scale, bias, mean and var (num_batches_tracked is not used).
 
 import argparse
 import collections
-import json
 import os
 import sys
 
@@ -237,8 +236,7 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
     ckpt.save(state)
   finally:
     ckpt.close()
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  train.write_config(config, workdir)
   return {**sizes, "ndf": config.ndf}
 
 

@@ -20,7 +20,8 @@ PAGE = """<!doctype html>
   input[type=number] { width: 90px; }
   button { padding: 5px 12px; margin-right: 6px; cursor: pointer; }
   .images { margin-top: 10px; min-height: 64px; }
-  .images img { image-rendering: pixelated; width: 100%; max-width: 512px; }
+  .images img { image-rendering: pixelated; width: 100%; max-width: 400px; }
+  #strip { max-width: 100%; }
   #error { color: #b91c1c; font-size: 13px; min-height: 18px; }
   table { border-collapse: collapse; font-size: 13px; }
   td { padding: 2px 10px 2px 0; }

@@ -151,7 +151,8 @@ class Progress:
       self._bar.close()
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """workdir/config.json, written atomically."""
   path = os.path.join(workdir, "config.json")
   with open(f"{path}.tmp", "w") as f:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)
@@ -467,7 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                  data.shape[1:], len(data) // config.batch_size,
                  "resuming" if restored else "starting", start, total)
     if parallel.is_primary():
-      _write_config(config, workdir)
+      write_config(config, workdir)
     if start >= total:
       logging.info("nothing to train: the checkpoint is at step %d >= %d", start, total)
       return state
