@@ -111,7 +111,7 @@ def main(argv: list[str]) -> None:
     _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   from dcgan_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  checkpoint.quiet_failed_reads()
+  checkpoint.silence_failed_read_reports()
   # pylint: disable-next=g-import-not-at-top
   from dcgan_jax import configuration, eval_run, parallel, sampling, train
 
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> None:
       if not parallel.is_primary():
         logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
     if FLAGS.mode == "train":
-      configuration.check_fields(FLAGS.config, configuration.load_config_file(_DEFAULT_CONFIG))
+      configuration.check_fields(FLAGS.config, configuration.load_config_file())
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "sample":
       paths = sampling.sample_from_workdir(

@@ -50,7 +50,7 @@ def _is_closed_loop_report(value: BaseException | None) -> bool:
   return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
 
 
-def quiet_failed_reads() -> None:
+def silence_failed_read_reports() -> None:
   """Silences, for the rest of the process, what a failed Orbax restore leaves on stderr:
   TensorStore callbacks into the restore's closed event loop, and its abandoned read
   coroutines, each reported with a traceback although the failure itself was raised and

@@ -55,6 +55,13 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**configuration.ADDED_FIELD_DEFAULTS, **saved})
 
 
+def interpolation_noise(seed_a: int, seed_b: int, frames: int, nz: int) -> np.ndarray:
+  """`frames` latents (frames, nz) on the slerp from seed_a's first latent to seed_b's."""
+  z0 = np.asarray(sample_noise(seed_a, 1, nz))[0]
+  z1 = np.asarray(sample_noise(seed_b, 1, nz))[0]
+  return slerp(z0, z1, np.linspace(0.0, 1.0, frames))
+
+
 def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
   """Spherical interpolation from z0 (t=0) to z1 (t=1) for each t, (T, N): moves along the
   great circle between their directions, with the norm interpolated linearly, so every point
@@ -145,9 +152,7 @@ def write_interpolation(path_stem: str, config: ml_collections.ConfigDict, gan: 
                         ema: bool) -> list[str]:
   """The slerp from seed's first latent to seed + 1's, generated as one batch, written as
   `path_stem`.gif (there and back) and `path_stem`.png (one row)."""
-  z0 = sample_noise(seed, 1, config.nz)[0]
-  z1 = sample_noise(seed + 1, 1, config.nz)[0]
-  z = slerp(np.asarray(z0), np.asarray(z1), np.linspace(0.0, 1.0, frames))
+  z = interpolation_noise(seed, seed + 1, frames, config.nz)
   pictures = generate_uint8(gan, state, jnp.asarray(z), bn_mode, ema)
   gif, strip = f"{path_stem}.gif", f"{path_stem}.png"
   scale = max(1, 128 // pictures.shape[1])

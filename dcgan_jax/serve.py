@@ -103,9 +103,7 @@ class Explorer:
 
   def interpolation(self, seed_a: int, seed_b: int, frames: int, which: str = "latest",
                     ema: bool = False) -> bytes:
-    z0 = np.asarray(sampling.sample_noise(seed_a, 1, self.config.nz))[0]
-    z1 = np.asarray(sampling.sample_noise(seed_b, 1, self.config.nz))[0]
-    z = sampling.slerp(z0, z1, np.linspace(0.0, 1.0, frames))
+    z = sampling.interpolation_noise(seed_a, seed_b, frames, self.config.nz)
     return images.png_bytes(images.make_grid(self._images(z, which, ema), ncols=frames))
 
   def info(self) -> dict:
