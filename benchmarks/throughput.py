@@ -5,10 +5,13 @@ warm-up and compilation, in several timed windows; one JSON line per implementat
 impl, device, image_size, channels, batch_size, ngf, ndf, images_per_s and ms_per_step
 (median window), window_ms, compile_s, peak_memory_bytes (where the backend tells it),
 gflop_per_step (XLA's count for the plain formulation of the model: the mathematics, not a
-faster form's zero taps) and achieved_tflops. Several implementations run one after the
-other, each in its own process; --rounds repeats that sequence (a "round" field tells which).
+faster form's zero taps), achieved_tflops and, on GPUs of known peak (or with --peak-tflops),
+flop_fraction: achieved over peak. dcgan-jax runs as its training loop does,
+steps_per_dispatch iterations per jitted call (reported). Several implementations run one
+after the other, each in its own process; --rounds repeats that sequence (a "round" field
+tells which).
 
-  python benchmarks/throughput.py --impl all --image-size 64 --batch-size 128 --steps 3
+  python benchmarks/throughput.py --impl all --image-size 64 --batch-size 128 --steps 25
 """
 
 import argparse
@@ -23,6 +26,23 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 IMPLS = ("jax", "torch-eager", "torch-compile")
+
+
+# Dense peak TFLOP/s of tensor cores, from NVIDIA's data sheets, by the device name's
+# substring (first match) and compute dtype: float32 convolutions and matrix products run as
+# TF32 on these GPUs by default, in XLA and in cuDNN.
+PEAK_TFLOPS = (("H100 PCIe", {"float32": 378.0, "bfloat16": 756.0}),
+               ("H100", {"float32": 494.7, "bfloat16": 989.4}),
+               ("H200", {"float32": 494.7, "bfloat16": 989.4}),
+               ("A100", {"float32": 156.0, "bfloat16": 312.0}))
+
+
+def peak_tflops(device: str, dtype: str) -> float | None:
+  """The device's dense peak for dtype from PEAK_TFLOPS; None for other devices (CPUs)."""
+  for name, peaks in PEAK_TFLOPS:
+    if name in device:
+      return peaks[dtype]
+  return None
 
 
 def model_gflop_per_step(args) -> float:
@@ -51,40 +71,58 @@ def _jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32")
                    nz=args.nz, batch_size=args.batch_size)
 
 
-def _window_ms(run_step, sync, steps: int) -> float:
+def _window_ms(run_steps, sync, steps: int) -> float:
   """Mean milliseconds per step over one timed window of `steps` steps."""
   t0 = time.perf_counter()
-  for _ in range(steps):
-    run_step()
+  run_steps(steps)
   sync()
   return (time.perf_counter() - t0) / steps * 1000
 
 
+def default_steps_per_dispatch() -> int:
+  """The training loop's default iterations per jitted call (configs/default.py)."""
+  from dcgan_jax import configuration  # pylint: disable=g-import-not-at-top
+
+  return configuration.load_config_file(configuration.DEFAULT_CONFIG_FILE).steps_per_dispatch
+
+
 def setup_jax(args):
-  """Compiles and warms up dcgan-jax's train step; returns (run_step, sync, info)."""
+  """Compiles and warms up dcgan-jax's training loop: (run_steps, sync, info).
+
+  Iterations run as the training loop runs them: `steps_per_dispatch` of them per jitted
+  call (steps.train_steps, a lax.scan over that many batches held on the device), the
+  state's buffers donated, no host sync inside a window.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import input_pipeline, steps  # pylint: disable=g-import-not-at-top
 
   gan = _jax_gan(args, args.upconv_impl, args.downconv_impl, args.compute_dtype)
   state = steps.init_train_state(gan, 0)
-  images = jax.device_put(np.random.default_rng(0).integers(
-      0, 256, (args.batch_size, args.image_size, args.image_size, args.channels), np.uint8))
-  t0 = time.perf_counter()
-  step = jax.jit(steps.train_step, static_argnums=0, donate_argnums=1).lower(
-      gan, state, images).compile()
-  compile_s = time.perf_counter() - t0
+  batch = np.random.default_rng(0).integers(
+      0, 256, (args.batch_size, args.image_size, args.image_size, args.channels), np.uint8)
+  plan = lambda n: input_pipeline.plan_chunks(0, n, args.steps_per_dispatch, ())  # noqa: E731
+  lengths = sorted({k for n in (args.steps, args.warmup) for _, k in plan(n)}, reverse=True)
+  images = {k: jax.device_put(np.broadcast_to(batch, (k, *batch.shape))) for k in lengths}
+  jitted = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
+  compiled, compile_s = {}, {}
+  for k in lengths:
+    t0 = time.perf_counter()
+    compiled[k] = jitted.lower(gan, state, images[k]).compile()
+    compile_s[k] = time.perf_counter() - t0
   box = {"state": state}
 
-  def run_step():
-    box["state"], box["metrics"] = step(box["state"], images)
+  def run_steps(n: int) -> None:
+    for _, k in plan(n):
+      box["state"], box["metrics"] = compiled[k](box["state"], images[k])
 
   def sync():
     jax.block_until_ready(box["state"])
 
-  for _ in range(args.warmup):
-    run_step()
+  run_steps(args.warmup)
+  for k in set(lengths) - {k for _, k in plan(args.warmup)}:  # every compiled length runs once
+    box["state"], box["metrics"] = compiled[k](box["state"], images[k])
   sync()
 
   def info():
@@ -92,10 +130,12 @@ def setup_jax(args):
     return {"impl": "jax", "device": jax.devices()[0].device_kind,
             "backend": jax.default_backend(),
             "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
-            "compute_dtype": args.compute_dtype, "compile_s": round(compile_s, 2),
+            "compute_dtype": args.compute_dtype,
+            "steps_per_dispatch": max(k for _, k in plan(args.steps)),
+            "compile_s": round(compile_s[lengths[0]], 2),
             "peak_memory_bytes": stats.get("peak_bytes_in_use"),
             "versions": {"jax": jax.__version__}}
-  return run_step, sync, info
+  return run_steps, sync, info
 
 
 def _torch_models(args):
@@ -133,7 +173,7 @@ def _torch_models(args):
 
 
 def setup_torch(args, compiled: bool):
-  """The tutorial's loop, run once (compiling, if asked) and warmed up: (run_step, sync, info)."""
+  """The tutorial's loop, run once (compiling, if asked) and warmed up: (run_steps, sync, info)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,6 +215,10 @@ def setup_torch(args, compiled: bool):
   if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 
+  def run_steps(n: int) -> None:
+    for _ in range(n):
+      run_step()
+
   def info():
     cuda = device.type == "cuda"
     return {"impl": "torch-compile" if compiled else "torch-eager",
@@ -182,7 +226,7 @@ def setup_torch(args, compiled: bool):
             "backend": device.type, "compile_s": round(first_s, 2),
             "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
             "threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
-  return run_step, sync, info
+  return run_steps, sync, info
 
 
 def main() -> None:
@@ -200,12 +244,22 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=1,
                       help="run the implementations in turn this many times, each in its own process")
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--peak-tflops", type=float, default=0.0,
+                      help="the device's peak TFLOP/s for flop_fraction (0: PEAK_TFLOPS's "
+                           "value for known GPUs, none elsewhere)")
+  parser.add_argument("--steps-per-dispatch", type=int, default=0,
+                      help="jax: iterations per jitted call, as the training loop's "
+                           "steps_per_dispatch (0: configs/default.py's value); a window of "
+                           "--steps iterations runs in calls of at most this many")
   parser.add_argument("--upconv-impl", default="auto", choices=("auto", "xla", "phase", "matmul", "col2im"))
   parser.add_argument("--downconv-impl", default="auto", choices=("auto", "xla", "matmul"))
   parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
                       help="jax: mixed precision (the torch loops stay float32, as the tutorial)")
   args = parser.parse_args()
 
+  if args.steps_per_dispatch < 0:
+    parser.error(f"--steps-per-dispatch {args.steps_per_dispatch} must be >= 0")
+  args.steps_per_dispatch = args.steps_per_dispatch or default_steps_per_dispatch()
   impls = IMPLS if args.impl == "all" else tuple(args.impl.split(","))
   for impl in impls:
     if impl not in IMPLS:
@@ -219,14 +273,14 @@ def main() -> None:
     return
   gflop = model_gflop_per_step(args)
   try:
-    run_step, sync, info = (setup_jax(args) if impl == "jax"
+    run_steps, sync, info = (setup_jax(args) if impl == "jax"
                             else setup_torch(args, impl == "torch-compile"))
   except Exception as e:  # pylint: disable=broad-except  # report it as a JSON line
     print(json.dumps({"impl": impl, "image_size": args.image_size, "batch_size": args.batch_size,
                       "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}),
           flush=True)
     return
-  window_ms = [_window_ms(run_step, sync, args.steps) for _ in range(args.windows)]
+  window_ms = [_window_ms(run_steps, sync, args.steps) for _ in range(args.windows)]
   ms = round(statistics.median(window_ms), 2)  # the reported figures all derive from this
   result = info()
   result.update(image_size=args.image_size, channels=args.channels,
@@ -234,9 +288,19 @@ def main() -> None:
                 ms_per_step=ms, images_per_s=round(args.batch_size / ms * 1000, 1),
                 gflop_per_step=round(gflop, 2), achieved_tflops=round(gflop / ms, 3),
                 window_ms=[round(t, 2) for t in window_ms],
+                **_flop_fraction(args, result, gflop / ms),
                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
                 date=time.strftime("%Y-%m-%d"))
   print(json.dumps(result), flush=True)
+
+
+def _flop_fraction(args, result: dict, achieved_tflops: float) -> dict:
+  """peak_tflops and flop_fraction (achieved over peak) where the peak is known."""
+  dtype = result.get("compute_dtype", "float32")
+  peak = args.peak_tflops or peak_tflops(result["device"], dtype)
+  if not peak:
+    return {}
+  return {"peak_tflops": peak, "flop_fraction": round(achieved_tflops / peak, 4)}
 
 
 def _run_isolated(impls: tuple[str, ...], rounds: int) -> None:

@@ -25,8 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_on_device = False  # hold the whole uint8 dataset on the accelerator, gather there
   config.num_devices = 0  # data parallelism: devices in the 1-D 'data' mesh (0 = all); the
   #                         batch is split over them and must divide by their number
-  config.steps_per_dispatch = 1  # iterations per jitted call (lax.scan); chunks end on every
-  #                                log/sample/checkpoint step, so each size compiles once
+  config.steps_per_dispatch = 25  # iterations per jitted call (lax.scan over batches held on
+  #                                 the device); chunks end on every log/sample/checkpoint/eval
+  #                                 step, so each length compiles once; 1: a call per step
 
   # Models: the PyTorch DCGAN tutorial's topology.
   config.nz = 100  # latent size

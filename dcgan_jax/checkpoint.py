@@ -9,6 +9,7 @@ with an empty one.
 """
 
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -50,11 +51,29 @@ def _is_closed_loop_report(value: BaseException | None) -> bool:
   return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
 
 
+def _is_failed_read(value: BaseException | None) -> bool:
+  """A TensorStore read that failed (its errors carry the spec of what was read)."""
+  text = str(value) if value is not None else ""
+  return "tensorstore_spec" in text and ("Error reading" in text or "Error opening" in text)
+
+
+class UnretrievedFailedReads(logging.Filter):
+  """Drops asyncio's "exception was never retrieved" reports of failed TensorStore reads:
+  the restore's sibling reads, whose failure Orbax already raised through another one."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    unretrieved = record.getMessage().startswith(("Task exception was never retrieved",
+                                                  "Future exception was never retrieved"))
+    return not (unretrieved and record.exc_info and _is_failed_read(record.exc_info[1]))
+
+
 def silence_failed_read_reports() -> None:
   """Silences, for the rest of the process, what a failed Orbax restore leaves on stderr:
-  TensorStore callbacks into the restore's closed event loop, and its abandoned read
-  coroutines, each reported with a traceback although the failure itself was raised and
-  handled. Everything else is reported as before."""
+  TensorStore callbacks into the restore's closed event loop, its abandoned read
+  coroutines, and its failed sibling reads that nothing awaited, each reported with a
+  traceback although the failure itself was raised and handled. Everything else is
+  reported as before."""
+  logging.getLogger("asyncio").addFilter(UnretrievedFailedReads())
   unraisable_hook, excepthook = sys.unraisablehook, sys.excepthook
 
   def unraisable(report) -> None:

@@ -1,6 +1,7 @@
-"""The throughput benchmark's JSON-line contract, on a tiny model."""
+"""The benchmarks' JSON lines (throughput, epoch, scaling), on tiny models."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -24,6 +25,54 @@ def test_jax_line_has_the_contract_fields():
   assert len(line["window_ms"]) == 2 and line["ms_per_step"] > 0
   assert line["images_per_s"] == round(4 / line["ms_per_step"] * 1000, 1)
   assert line["gflop_per_step"] > 0
+  assert line["steps_per_dispatch"] == 1  # --steps 1: one call of one step
+  assert "flop_fraction" not in line  # no known peak for a CPU
+
+
+def test_jax_runs_as_the_training_loop_with_the_flop_fraction_of_a_given_peak():
+  from configs import default  # pylint: disable=g-import-not-at-top
+
+  k = default.get_config().steps_per_dispatch
+  [line] = _run("--impl", "jax", *TINY[:-6], "--steps", str(k + 1), "--windows", "1",
+                "--warmup", "0", "--peak-tflops", "2.5")
+  assert line["steps_per_dispatch"] == k > 1  # calls of k steps and of 1, as the loop makes them
+  assert line["peak_tflops"] == 2.5
+  # achieved_tflops and flop_fraction are rounded to 3 and 4 decimals
+  assert abs(line["flop_fraction"] * 2.5 - line["achieved_tflops"]) <= 0.0005 + 2.5 * 0.00005
+  assert line["flop_fraction"] > 0
+
+
+def test_peak_tflops_of_known_gpus():
+  from benchmarks.throughput import peak_tflops  # pylint: disable=g-import-not-at-top
+
+  assert peak_tflops("NVIDIA H100 80GB HBM3", "float32") == 494.7
+  assert peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+  assert peak_tflops("NVIDIA H200", "bfloat16") == 989.4
+  assert peak_tflops("cpu", "float32") is None
+
+
+def test_epoch_runs_the_training_loop_over_every_image_once(tmp_path):
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "epoch.py"),
+                        "--num-images", "200", "--image-size", "32", "--channels", "1",
+                        "--batch-size", "16", "--ngf", "4", "--ndf", "4", "--repeats", "2",
+                        "--steps-per-dispatch", "4", "--tmp-dir", str(tmp_path)],
+                       capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+  first, second = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert first["steps"] == second["steps"] == 200 // 16  # one epoch, the partial batch dropped
+  assert first["repeat"] == 0 and second["repeat"] == 1
+  assert first["steps_per_dispatch"] == 4 and first["data_on_device"] is True
+  assert second["wall_s"] < first["wall_s"]  # the second finds its steps compiled
+  rate = second["loop_images_per_s"]
+  assert rate > 0 and second["epoch_s_at_loop_rate"] == round(200 / rate, 2)
+  assert os.listdir(tmp_path) == []  # the synthetic images and the workdirs are removed
+
+
+def test_epoch_loop_rate_counts_only_timed_dispatches():
+  from benchmarks.epoch import loop_rate  # pylint: disable=g-import-not-at-top
+
+  rows = [{"images_per_s": "nan", "seconds": "0.5"},  # only the first (compiling) dispatch
+          {"images_per_s": "100", "seconds": "2"}, {"images_per_s": "300", "seconds": "1"}]
+  assert loop_rate(rows) == (200 + 300) / 3
 
 
 def test_rounds_run_each_implementation_in_its_own_process():

@@ -1,5 +1,9 @@
 """Orbax save/restore round trips and the never-go-backwards rule."""
 
+import asyncio
+import gc
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -112,3 +116,30 @@ def test_checkpoint_from_before_the_ema_field_restores(tmp_path, gan, state):
   ckpt.close()
   _assert_identical(restored, state)
   _assert_identical(with_ema.g_ema_params, state.g_params)
+
+
+def test_unretrieved_failed_reads_are_dropped_and_other_unretrieved_errors_kept(caplog):
+  read_error = ("OUT_OF_RANGE: Error reading \"d_params/.zarray\" in OCDBT database "
+                "[tensorstore_spec='{\"driver\":\"zarr\"}']")
+
+  async def fail(message):
+    raise ValueError(message)
+
+  async def leave_unretrieved():
+    for message in (read_error, "a bug elsewhere", "Error reading a file"):
+      task = asyncio.ensure_future(fail(message))
+      await asyncio.sleep(0)
+      del task  # finished with an exception nothing retrieves
+
+  asyncio_logger = logging.getLogger("asyncio")
+  dropper = checkpoint.UnretrievedFailedReads()
+  asyncio_logger.addFilter(dropper)
+  try:
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+      asyncio.run(leave_unretrieved())
+      gc.collect()
+  finally:
+    asyncio_logger.removeFilter(dropper)
+  reported = [str(r.exc_info[1]) for r in caplog.records
+              if r.getMessage().startswith("Task exception was never retrieved")]
+  assert reported == ["a bug elsewhere", "Error reading a file"]

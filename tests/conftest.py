@@ -33,9 +33,13 @@ def real_batch() -> np.ndarray:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache_dir(tmp_path_factory):
-  """Decoded-image caches of the tests (and their subprocesses) go to a temp folder."""
+  """Decoded-image caches of the tests (and their subprocesses) go to a temp folder; the
+  subprocesses (main.py runs, benchmarks) share one JAX compilation cache, new for the
+  session, so that the same program is compiled once rather than by every process."""
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("xla_cache")))
+    patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     yield
 
 

@@ -25,6 +25,7 @@ def tiny_config(steps: int):
   config.sample_every_steps = 3
   config.num_sample_images = 4
   config.evaluator = ""  # evaluation has its own tests (evaluation_test.py)
+  config.steps_per_dispatch = 1  # the other values are compared against this one below
   return config
 
 
