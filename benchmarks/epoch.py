@@ -29,8 +29,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CELEBA_IMAGES = 202_599
-CELEBA_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "configs", "celeba.py")
 
 
 def synthetic_images(path: str, num: int, size: int, channels: int, seed: int = 0
@@ -63,7 +61,8 @@ def loop_rate(rows: list[dict]) -> float:
 def make_config(args):
   from dcgan_jax import configuration  # pylint: disable=g-import-not-at-top
 
-  config = configuration.load_config_file(CELEBA_CONFIG)
+  config = configuration.load_config_file(  # configs/celeba.py, beside configs/default.py
+      os.path.join(os.path.dirname(configuration.DEFAULT_CONFIG_FILE), "celeba.py"))
   config.image_size, config.channels = args.image_size, args.channels
   config.batch_size, config.ngf, config.ndf = args.batch_size, args.ngf, args.ndf
   config.num_train_steps, config.num_epochs = -1, 1.0

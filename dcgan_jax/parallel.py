@@ -126,7 +126,6 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-
 def any_process(flag: bool) -> bool:
   """Whether `flag` is set in any process (the flag itself in one process)."""
   if jax.process_count() == 1:
