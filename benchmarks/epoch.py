@@ -102,7 +102,14 @@ def main() -> None:
 
   from dcgan_jax import input_pipeline, metrics, train  # pylint: disable=g-import-not-at-top
 
+  from dcgan_jax import configuration  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
+
   config = make_config(args)
+  try:
+    configuration.validate(config)  # before the synthetic images are written
+  except UsageError as e:
+    parser.error(str(e))
   tmp = tempfile.mkdtemp(prefix="dcgan_jax_epoch_", dir=args.tmp_dir or None)
   try:
     images = synthetic_images(os.path.join(tmp, "images.npy"), args.num_images,

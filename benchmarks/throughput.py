@@ -259,6 +259,8 @@ def main() -> None:
 
   if args.steps_per_dispatch < 0:
     parser.error(f"--steps-per-dispatch {args.steps_per_dispatch} must be >= 0")
+  if args.peak_tflops < 0:
+    parser.error(f"--peak-tflops {args.peak_tflops} must be >= 0 (0: the known GPUs' peaks)")
   args.steps_per_dispatch = args.steps_per_dispatch or default_steps_per_dispatch()
   impls = IMPLS if args.impl == "all" else tuple(args.impl.split(","))
   for impl in impls:

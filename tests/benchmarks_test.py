@@ -107,3 +107,14 @@ def test_all_reduce_traffic_of_hlo_text():
          "  %b = (f32[10]{0}, bf16[2,2]{1,0}) all-reduce-start(%y, %z), to_apply=%add\n"
          "  %c = f32[99]{0} add(%p, %q)\n")
   assert all_reduce_traffic(hlo) == (2, 64 * 3 * 16 * 4 + 10 * 4 + 4 * 2)
+
+
+def test_bad_benchmark_arguments_get_one_line():
+  for script, args, message in (
+      ("throughput.py", ["--impl", "jax", "--peak-tflops", "-1", *TINY], "--peak-tflops -1.0"),
+      ("epoch.py", ["--image-size", "48", "--num-images", "300"], "config.image_size=48"),
+      ("epoch.py", ["--num-images", "100"], "--num-images 100 is smaller")):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr
+    assert "Traceback" not in out.stderr and not out.stdout
