@@ -199,10 +199,6 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
   """A workdir whose step-0 checkpoint holds the PyTorch G (and D, else a fresh seeded one),
   fresh Adam states, and a config.json of the embedded default with the models' sizes: it can
   be sampled with --mode sample, and trained on with the same model fields. Returns those."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from dcgan_jax import checkpoint, configuration, steps, train  # pylint: disable=g-import-not-at-top
-
   g_vars, sizes = generator_from_torch(_read(net_g, "netG"))
   d_vars = None
   if net_d:
@@ -212,6 +208,11 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
         raise UsageError(f"--netD={net_d!r} is for {field}={d_sizes[field]}, --netG={net_g!r} "
                          f"for {sizes[field]}")
     sizes["ndf"] = d_sizes["ndf"]
+  # Both files are read and checked before JAX loads and before anything is written.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from dcgan_jax import checkpoint, configuration, steps, train  # pylint: disable=g-import-not-at-top
+
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise UsageError(f"--workdir={workdir!r} already has checkpoints: import into a new one")

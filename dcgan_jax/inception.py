@@ -197,18 +197,24 @@ def abstract_variables() -> dict:
                         jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3)))
 
 
-def variables_from_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
-  """Flax variables from pytorch-fid's InceptionV3 state_dict. Its classifier (fc.*) and
-  BatchNorm step counters are not used; any other key or shape that does not fit raises
-  ValueError naming it."""
-  expected = abstract_variables()
-  flat = {}
-  for collection, tree in expected.items():
+def state_dict_layout() -> dict[str, tuple[str, list[str], tuple[int, ...]]]:
+  """{pytorch-fid's key: (Flax collection, path in it, Flax shape)} of the feature network
+  (its classifier fc.* and BatchNorm step counters left out)."""
+  layout = {}
+  for collection, tree in abstract_variables().items():
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       names = [p.key for p in path]
       torch_name = {"kernel": "weight", "scale": "weight", "bias": "bias",
                     "mean": "running_mean", "var": "running_var"}[names[-1]]
-      flat[".".join(names[:-1] + [torch_name])] = (collection, names, leaf.shape)
+      layout[".".join(names[:-1] + [torch_name])] = (collection, names, leaf.shape)
+  return layout
+
+
+def variables_from_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
+  """Flax variables from pytorch-fid's InceptionV3 state_dict. Its classifier (fc.*) and
+  BatchNorm step counters are not used; any other key or shape that does not fit raises
+  ValueError naming it."""
+  flat = state_dict_layout()
   variables: dict = {"params": {}, "batch_stats": {}}
   for key, value in state_dict.items():
     if key.startswith("fc.") or key.endswith("num_batches_tracked"):

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--channels", "1", "--batch-size", "4", "--ngf", "4", "--ndf", "4",
         "--steps", "1", "--windows", "2", "--warmup", "0"]
@@ -118,3 +120,16 @@ def test_bad_benchmark_arguments_get_one_line():
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr
     assert "Traceback" not in out.stderr and not out.stdout
+
+
+def test_pth_reader_times_both_formats_of_the_inception_layout():
+  pytest.importorskip("torch")
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pth_reader.py"), "--scale",
+                        "0.05", "--repeats", "2"], capture_output=True, text=True, check=True,
+                       cwd=ROOT, timeout=600)
+  lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert [line["format"] for line in lines] == ["zip", "legacy"]
+  for line in lines:
+    assert line["benchmark"] == "pth_reader" and line["repeats"] == 2
+    assert line["tensors"] == 566  # pytorch-fid's keys, BatchNorm counters and fc included
+    assert 0 < line["ms_min"] <= line["ms_median"] and line["bytes"] > 4 * line["elements"]
