@@ -13,6 +13,11 @@ from dcgan_jax import configuration, images, steps
 from dcgan_jax.errors import RunError, UsageError
 
 _SAMPLE_NOISE_SALT = 0x5A4D  # separates sample noise from training noise for one seed
+MAX_SEED = 2**31 - 1  # sample seeds are 0 .. MAX_SEED, in sample mode and on the page
+MAX_GRID_SIZE = 1024
+MAX_SINGLE_IMAGES = 10_000
+MAX_INTERPOLATION_FRAMES = 256
+_EVAL_MODE_BATCH = 256  # BatchNorm on running averages: any batch gives the same images
 
 
 def sample_noise(seed: int, num: int, nz: int) -> jax.Array:
@@ -113,9 +118,15 @@ def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
   """Writes, from the latest (or best) checkpoint in workdir: a grid of `grid_size` images,
   `num_images` single PNGs, and with interpolation_frames > 0 a slerp between the latents of
   seeds `seed` and `seed + 1` as an animated GIF and a PNG strip. Returns the paths written."""
-  if grid_size < 1 or num_images < 0 or interpolation_frames < 0 or interpolation_frames == 1:
-    raise UsageError(f"grid_size={grid_size} must be >= 1, num_images={num_images} >= 0 and "
-                     f"interpolation_frames={interpolation_frames} 0 or >= 2")
+  for name, value, low, high in (("sample_seed", seed, 0, MAX_SEED),
+                                 ("grid_size", grid_size, 1, MAX_GRID_SIZE),
+                                 ("num_images", num_images, 0, MAX_SINGLE_IMAGES),
+                                 ("interpolation_frames", interpolation_frames, 0,
+                                  MAX_INTERPOLATION_FRAMES)):
+    if not low <= value <= high:
+      raise UsageError(f"--{name}={value} is out of range: {low} to {high:,}")
+  if interpolation_frames == 1:
+    raise UsageError("--interpolation_frames=1: an interpolation has 0 or at least 2 frames")
   config, gan, state, step = restore_for_sampling(workdir, grid_size, which)
   bn_mode = bn_mode or config.sample_bn_mode
   if bn_mode not in ("train", "eval"):
@@ -129,7 +140,7 @@ def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
   tag = f"step{step:07d}_seed{seed}_{bn_mode}{'_ema' if ema else ''}"
   n = max(grid_size, num_images)
   z = sample_noise(seed, n, config.nz)
-  batch = grid_size if bn_mode == "train" else n
+  batch = grid_size if bn_mode == "train" else min(n, _EVAL_MODE_BATCH)
   pictures = np.concatenate([generate_uint8(gan, state, z[i:i + batch], bn_mode, ema)
                              for i in range(0, n, batch)])
   written = [os.path.join(out_dir, f"sample_{tag}.png")]

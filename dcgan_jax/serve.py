@@ -16,9 +16,11 @@ shapes, so nothing is traced again.
   Every image endpoint also takes checkpoint=latest|best and ema=0|1.
 """
 
+import ipaddress
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 
@@ -28,6 +30,7 @@ import numpy as np
 from absl import logging
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from dcgan_jax import images, metrics, sampling, steps
@@ -36,7 +39,10 @@ from dcgan_jax.serve_page import PAGE
 
 MAX_IMAGES = 64  # the compiled batch; a grid shows up to this many
 MAX_FRAMES = 16
-_MAX_SEED = 2**31 - 1
+_MAX_SEED = sampling.MAX_SEED
+MAX_CONNECTIONS = 16  # connections served at once, a thread each; more wait to be accepted
+CONNECTION_TIMEOUT_S = 20.0  # an idle or slow connection is closed after this long
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 class BadRequest(ValueError):
@@ -143,11 +149,12 @@ class Explorer:
 
 
 def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+  """An integer parameter: ASCII digits with an optional leading minus (no sign, space,
+  underscore or other digits, as Python's int() would take), within [low, high]."""
   raw = request.args.get(name, str(default))
-  try:
-    value = int(raw)
-  except ValueError:
-    raise BadRequest(f"{name}={raw!r} is not a whole number") from None
+  if not re.fullmatch(r"-?[0-9]{1,10}", raw):
+    raise BadRequest(f"{name}={raw[:24]!r} is not a whole number in ASCII digits")
+  value = int(raw)
   if not low <= value <= high:
     raise BadRequest(f"{name}={value} is out of range: {low} to {high}")
   return value
@@ -163,8 +170,31 @@ def _which(request: Request) -> tuple[str, bool]:
   return which, ema == "1"
 
 
-def make_app(explorer: Explorer):
-  """The WSGI application of the page and its endpoints."""
+def loopback_hosts(host: str, port: int) -> frozenset[str] | None:
+  """The Host header values to answer when listening on a loopback address (the loopback
+  names, bare or with the port), so that another site cannot read the page through DNS
+  rebinding; None (any Host) for other addresses."""
+  try:
+    loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+  except ValueError:
+    loopback = False
+  if not loopback:
+    return None
+  return frozenset(_LOOPBACK_NAMES + tuple(f"{name}:{port}" for name in _LOOPBACK_NAMES))
+
+
+def _check_request(request: Request, hosts: frozenset[str] | None) -> None:
+  """Raises BadRequest for a Host this server does not answer and a repeated parameter."""
+  if hosts is not None and request.host.lower() not in hosts:
+    raise BadRequest(f"Host {request.host[:80]!r} is not this server's loopback address")
+  for name in request.args:
+    if len(request.args.getlist(name)) > 1:
+      raise BadRequest(f"{name[:24]!r} is given {len(request.args.getlist(name))} times")
+
+
+def make_app(explorer: Explorer, hosts: frozenset[str] | None = None):
+  """The WSGI application of the page and its endpoints: GET and HEAD only; with `hosts`,
+  only requests whose Host header is one of them."""
   urls = Map([Rule("/", endpoint="page"), Rule("/api/info", endpoint="info"),
               Rule("/api/grid.png", endpoint="grid"),
               Rule("/api/interpolation.png", endpoint="interpolation"),
@@ -193,7 +223,11 @@ def make_app(explorer: Explorer):
 
   @Request.application
   def app(request: Request) -> Response:
+    if request.method not in ("GET", "HEAD"):
+      return Response(json.dumps({"error": f"{request.method[:16]} is not allowed"}), status=405,
+                      mimetype="application/json", headers={"Allow": "GET, HEAD"})
     try:
+      _check_request(request, hosts)
       endpoint, _ = urls.bind_to_environ(request.environ).match()
       return handle(request, endpoint)
     except BadRequest as e:
@@ -204,14 +238,67 @@ def make_app(explorer: Explorer):
   return app
 
 
+class _Handler(WSGIRequestHandler):
+  timeout = CONNECTION_TIMEOUT_S
+
+
+class BoundedServer(BaseWSGIServer):
+  """Werkzeug's server with a thread per connection, at most `max_connections` at once: the
+  accept loop waits for a free slot, so further connections queue in the listen backlog."""
+  multithread = True
+
+  def __init__(self, host: str, port: int, app, max_connections: int = MAX_CONNECTIONS):
+    super().__init__(host, port, app, handler=_Handler)
+    self.slots = threading.BoundedSemaphore(max_connections)
+
+  def server_bind(self) -> None:
+    """Binds, or raises UsageError (Werkzeug itself would print two lines and exit)."""
+    try:
+      super().server_bind()
+    except OSError as e:
+      self.server_close()
+      host, port = self.server_address[:2]
+      raise UsageError(f"--port={port}: cannot listen on {host}:{port} "
+                       f"({e.strerror or e})") from None
+
+  def process_request(self, request, client_address) -> None:
+    self.slots.acquire()
+
+    def run() -> None:
+      try:
+        self.finish_request(request, client_address)
+      except Exception:  # pylint: disable=broad-except  # as socketserver reports them
+        self.handle_error(request, client_address)
+      finally:
+        self.shutdown_request(request)
+        self.slots.release()
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def make_server(explorer: Explorer, host: str, port: int) -> BoundedServer:
+  """The server of the page on host:port; UsageError (one line) for a port out of range or
+  one that cannot be listened on."""
+  if not 1 <= port <= 65535:
+    raise UsageError(f"--port={port} is not a port number (1 to 65535)")
+  try:
+    return BoundedServer(host, port, make_app(explorer, loopback_hosts(host, port)))
+  except (OSError, UnicodeError) as e:  # an address that does not resolve
+    why = getattr(e, "strerror", None) or str(e)
+    raise UsageError(f"--port={port}: cannot listen on {host}:{port} ({why})") from None
+
+
 def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
   """Serves the page until interrupted; refuses a workdir without a checkpoint."""
-  from werkzeug.serving import run_simple  # pylint: disable=g-import-not-at-top
-
+  if not 1 <= port <= 65535:  # before the checkpoints load
+    raise UsageError(f"--port={port} is not a port number (1 to 65535)")
   explorer = Explorer(workdir)
+  server = make_server(explorer, host, port)
   logging.info("serving %s (step %d) on http://%s:%d/", workdir,
                explorer.states["latest"][1], host, port)
   try:
-    run_simple(host, port, make_app(explorer), threaded=True)
-  except OSError as e:
-    raise UsageError(f"--port={port}: cannot listen on {host}:{port} ({e.strerror or e})") from e
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()

@@ -5,10 +5,12 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -88,13 +90,22 @@ def test_best_checkpoint_and_ema(client, explorer):
 
 
 @pytest.mark.parametrize("query,message", [
-    ("/api/grid.png?seed=abc", "seed='abc' is not a whole number"),
+    ("/api/grid.png?seed=abc", "seed='abc' is not a whole number in ASCII digits"),
     ("/api/grid.png?seed=-1", "seed=-1 is out of range: 0 to 2147483647"),
     ("/api/grid.png?n=0", "n=0 is out of range: 1 to 64"),
     ("/api/grid.png?n=65", "n=65 is out of range: 1 to 64"),
-    ("/api/grid.png?n=2.5", "n='2.5' is not a whole number"),
+    ("/api/grid.png?n=2.5", "n='2.5' is not a whole number in ASCII digits"),
     ("/api/interpolation.png?frames=1", "frames=1 is out of range: 2 to 16"),
-    ("/api/interpolation.png?seed_b=x", "seed_b='x' is not a whole number"),
+    ("/api/interpolation.png?seed_b=x", "seed_b='x' is not a whole number in ASCII digits"),
+    ("/api/grid.png?n=%2B5", "n='+5' is not a whole number in ASCII digits"),
+    ("/api/grid.png?n=1_6", "n='1_6' is not a whole number in ASCII digits"),
+    ("/api/grid.png?n=%205%20", "n=' 5 ' is not a whole number in ASCII digits"),
+    ("/api/grid.png?n=%D9%A5", "n='\u0665' is not a whole number in ASCII digits"),
+    ("/api/grid.png?n=%EF%BC%95", "n='\uff15' is not a whole number in ASCII digits"),
+    ("/api/grid.png?seed=99999999999", "seed='99999999999' is not a whole number in ASCII "
+     "digits"),
+    ("/api/grid.png?n=4&n=8", "'n' is given 2 times"),
+    ("/api/grid.png?ema=0&ema=1", "'ema' is given 2 times"),
     ("/api/grid.png?checkpoint=worst", "checkpoint='worst' is not 'latest' or 'best'"),
     ("/api/grid.png?ema=2", "ema='2' is not 0 or 1"),
 ])
@@ -102,6 +113,75 @@ def test_bad_parameters_get_400_with_the_reason(client, query, message):
   response = client.get(query)
   assert response.status_code == 400 and response.mimetype == "application/json"
   assert response.get_json() == {"error": message}
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "BREW"])
+def test_methods_other_than_get_and_head_get_405(client, method):
+  response = client.open("/api/grid.png", method=method)
+  assert response.status_code == 405 and response.headers["Allow"] == "GET, HEAD"
+  assert client.head("/api/info").status_code == 200
+
+
+@pytest.mark.parametrize("host,status", [
+    ("localhost:8000", 200), ("127.0.0.1:8000", 200), ("[::1]:8000", 200), ("LOCALHOST", 200),
+    ("evil.example:8000", 400), ("evil.example", 400), ("localhost:9000", 400),
+    ("127.0.0.2:8000", 400), ("localhost.evil.example:8000", 400)])
+def test_on_loopback_only_loopback_host_headers_are_answered(explorer, host, status):
+  client = Client(serve.make_app(explorer, serve.loopback_hosts("127.0.0.1", 8000)))
+  response = client.get("/api/info", headers={"Host": host})
+  assert response.status_code == status, response.get_data(as_text=True)
+  if status == 400:
+    assert "not this server's loopback address" in response.get_json()["error"]
+
+
+def test_loopback_hosts_only_for_loopback_addresses():
+  assert "localhost:80" in serve.loopback_hosts("localhost", 80)
+  assert "[::1]:8080" in serve.loopback_hosts("::1", 8080)
+  assert serve.loopback_hosts("0.0.0.0", 8000) is None
+  assert serve.loopback_hosts("192.168.1.5", 8000) is None
+
+
+def test_connections_are_bounded(explorer, monkeypatch):
+  """Idle connections take at most max_connections threads; the next request is answered
+  once they time out."""
+  monkeypatch.setattr(serve._Handler, "timeout", 1.0)  # pylint: disable=protected-access
+  server = serve.BoundedServer("127.0.0.1", 0, serve.make_app(explorer), max_connections=3)
+  port = server.socket.getsockname()[1]
+  loop = threading.Thread(target=server.serve_forever, daemon=True)
+  loop.start()
+  idle = []
+  try:
+    before = threading.active_count()
+    for _ in range(20):
+      idle.append(socket.create_connection(("127.0.0.1", port)))
+    time.sleep(0.5)
+    assert threading.active_count() - before <= 3
+    body = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=60))
+    assert body["image_size"] == 32
+  finally:
+    for sock in idle:
+      sock.close()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("port,message", [
+    (99999, "--port=99999 is not a port number (1 to 65535)"),
+    (-1, "--port=-1 is not a port number (1 to 65535)"),
+    (0, "--port=0 is not a port number (1 to 65535)")])
+def test_ports_out_of_range_are_refused(explorer, port, message):
+  with pytest.raises(serve.UsageError, match=re.escape(message)):
+    serve.make_server(explorer, "127.0.0.1", port)
+
+
+def test_a_port_in_use_is_one_line(explorer):
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with pytest.raises(serve.UsageError, match=f"--port={port}: cannot listen on 127.0.0.1:"
+                       f"{port} \\(Address already in use\\)"):
+      serve.make_server(explorer, "127.0.0.1", port)
 
 
 def test_unknown_path_is_404(client):
