@@ -102,7 +102,7 @@ def setup_jax(args):
   state = steps.init_train_state(gan, 0)
   batch = np.random.default_rng(0).integers(
       0, 256, (args.batch_size, args.image_size, args.image_size, args.channels), np.uint8)
-  plan = lambda n: input_pipeline.plan_chunks(0, n, args.steps_per_dispatch, ())  # noqa: E731
+  plan = lambda n: list(input_pipeline.plan_chunks(0, n, args.steps_per_dispatch, ()))  # noqa: E731
   lengths = sorted({k for n in (args.steps, args.warmup) for _, k in plan(n)}, reverse=True)
   images = {k: jax.device_put(np.broadcast_to(batch, (k, *batch.shape))) for k in lengths}
   jitted = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)

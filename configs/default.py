@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.decode_workers = 0  # workers decoding images into the cache; 0 = all cores
   config.jpeg_draft = False  # imagefolder: decode JPEGs at reduced DCT scale (~2x faster, not
   #                            the tutorial's exact pixels); part of the cache key
+  config.max_image_pixels = 120_000_000  # imagefolder: larger images (width x height, read
+  #                                       from the header) are skipped as unreadable ones are
   config.prefetch_batches = 2  # batches prepared ahead on a background thread
   config.data_on_device = False  # hold the whole uint8 dataset on the accelerator, gather there
   config.num_devices = 0  # data parallelism: devices in the 1-D 'data' mesh (0 = all); the

@@ -14,7 +14,18 @@ from dcgan_jax.models import SUPPORTED_IMAGE_SIZES
 ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "g_ema_decay": 0.0, "evaluator": "", "eval_every_steps": 0,
                         "eval_num_samples": 10000, "inception_weights": "",
-                        "best_metric": "auto", "num_devices": 0}
+                        "best_metric": "auto", "num_devices": 0,
+                        "max_image_pixels": 120_000_000}
+
+MAX_STEPS = 2**31 - 1  # the step counter is int32
+# Upper bounds of integer fields: what the program can honour on one machine.
+INT_BOUNDS = {"batch_size": 65_536, "nz": 1_024, "ngf": 512, "ndf": 512,
+              "num_sample_images": 1_024, "steps_per_dispatch": 1_000, "prefetch_batches": 64,
+              "decode_workers": 256, "eval_num_samples": 100_000, "num_devices": 65_536,
+              "max_checkpoints_to_keep": 1_000_000, "log_every_steps": MAX_STEPS,
+              "checkpoint_every_steps": MAX_STEPS, "sample_every_steps": MAX_STEPS,
+              "eval_every_steps": MAX_STEPS, "num_train_steps": MAX_STEPS,
+              "max_image_pixels": 178_956_970}  # Pillow refuses larger images itself
 
 
 DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -78,7 +89,13 @@ def validate(config) -> None:
              "must be positive when num_train_steps is -1")
   _require(0 <= c.seed < 2**32, "seed", c.seed, "must be in [0, 2**32)")
   for field in ("g_learning_rate", "d_learning_rate", "adam_eps"):
-    _require(c[field] > 0, field, c[field], "must be positive")
+    _require(c[field] > 0 and math.isfinite(c[field]), field, c[field],
+             "must be positive and finite")
+  _require(c.num_epochs == -1 or math.isfinite(c.num_epochs), "num_epochs", c.num_epochs,
+           "must be finite")
+  for field, high in INT_BOUNDS.items():
+    _require(c[field] <= high, field, c[field], f"is too large (at most {high:,})")
+  _require(c.max_image_pixels > 0, "max_image_pixels", c.max_image_pixels, "must be positive")
   for field in ("adam_b1", "adam_b2", "label_smoothing"):
     _require(0.0 <= c[field] < 1.0, field, c[field], "must be in [0, 1)")
   _require(c.upconv_impl in ops.UPCONV_IMPLS, "upconv_impl", c.upconv_impl,
@@ -107,8 +124,28 @@ def validate(config) -> None:
 def _check_paths(c) -> None:
   """Paths that must be folders (the data folder is checked as it is listed, the Inception
   weights as they load, each with its own message)."""
-  if c.cache_dir and os.path.exists(c.cache_dir):
-    _require(os.path.isdir(c.cache_dir), "cache_dir", c.cache_dir, "is not a folder")
+  if c.cache_dir:
+    _require(_creatable(c.cache_dir), "cache_dir", c.cache_dir,
+             "is not a folder that exists or can be made here")
+  if c.data_dir:
+    try:
+      os.path.realpath(os.path.expanduser(c.data_dir), strict=True)
+    except FileNotFoundError:
+      pass  # the data source says what is missing, naming the dataset
+    except OSError as e:  # a symlink loop, a path that cannot be searched
+      raise UsageError(f"config.data_dir={c.data_dir!r} cannot be resolved "
+                       f"({e.strerror or type(e).__name__})") from None
+
+
+def _creatable(path: str) -> bool:
+  """Whether path is a folder, or the first of its ancestors that exists is a writable one."""
+  path = os.path.abspath(os.path.expanduser(path))
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      return False
+    path = parent
+  return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def _validate_evaluation(c) -> None:
@@ -132,7 +169,11 @@ def _validate_evaluation(c) -> None:
 
 
 def total_steps(config, num_images: int) -> int:
-  """num_train_steps, or num_epochs worth of full batches when it is -1."""
+  """num_train_steps, or num_epochs worth of full batches when it is -1 (UsageError if that
+  is more than the step counter holds)."""
   if config.num_train_steps != -1:
     return config.num_train_steps
-  return max(1, math.ceil(config.num_epochs * (num_images // config.batch_size)))
+  total = max(1, math.ceil(config.num_epochs * (num_images // config.batch_size)))
+  _require(total <= MAX_STEPS, "num_epochs", config.num_epochs,
+           f"makes {total:,} steps of {num_images:,} images; at most {MAX_STEPS:,}")
+  return total

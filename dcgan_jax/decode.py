@@ -7,6 +7,7 @@ torchvision's `convert("RGB")` drops it.
 
 import math
 import pathlib
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -53,14 +54,22 @@ def preprocess(image: Image.Image, image_size: int, channels: int) -> np.ndarray
   return np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
 
 
-def open_image(path: str | pathlib.Path, draft_size: int | None = None) -> Image.Image:
-  """The fully decoded image at path; DecodeError for anything unreadable or truncated.
+def open_image(path: str | pathlib.Path, draft_size: int | None = None,
+               max_pixels: int | None = None) -> Image.Image:
+  """The fully decoded image at path; DecodeError for anything unreadable or truncated, and,
+  with max_pixels, for an image of more pixels (read from its header, before decoding).
 
   With draft_size, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
   shorter side is still >= draft_size: about twice as fast, pixels slightly different.
   """
   try:
-    with Image.open(path) as image:
+    with warnings.catch_warnings():  # Pillow's own warning above 89 Mpx; the limit is ours
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(path)
+    with image:
+      if max_pixels and image.size[0] * image.size[1] > max_pixels:
+        raise DecodeError(f"{path}: {image.size[0]}x{image.size[1]} pixels, more than "
+                          f"config.max_image_pixels={max_pixels:,}")
       if draft_size and image.format == "JPEG":
         w, h = image.size
         scale = draft_size / min(w, h)
@@ -72,5 +81,6 @@ def open_image(path: str | pathlib.Path, draft_size: int | None = None) -> Image
 
 
 def load_file(path: str | pathlib.Path, image_size: int, channels: int,
-              jpeg_draft: bool = False) -> np.ndarray:
-  return preprocess(open_image(path, image_size if jpeg_draft else None), image_size, channels)
+              jpeg_draft: bool = False, max_pixels: int | None = None) -> np.ndarray:
+  return preprocess(open_image(path, image_size if jpeg_draft else None, max_pixels),
+                    image_size, channels)

@@ -145,7 +145,11 @@ def load_or_build(cache_dir: str, name: str, description: dict[str, Any], items:
   `processes` decodes in worker processes (items and load must pickle), else threads.
   """
   key = cache_key(description, image_size, channels)
-  pathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  try:
+    pathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f"config.cache_dir={cache_dir!r} cannot be made "
+                     f"({e.strerror or type(e).__name__})") from None
   base = os.path.join(cache_dir, f"{name}-{image_size}x{image_size}x{channels}-{key}")
   array_path, meta_path = f"{base}.npy", f"{base}.json"
   found = _read_complete(array_path, meta_path, key)

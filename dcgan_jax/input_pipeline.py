@@ -17,7 +17,7 @@ import importlib.resources
 import pathlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,16 +88,19 @@ def list_image_files(data_dir: str) -> list[pathlib.Path]:
   return files
 
 
-def folder_source(data_dir: str, image_size: int, channels: int,
-                  jpeg_draft: bool = False) -> Source:
+def folder_source(data_dir: str, image_size: int, channels: int, jpeg_draft: bool = False,
+                  max_pixels: int | None = None) -> Source:
   """Every image file under data_dir; keyed by each file's relative path, size and mtime."""
   root = pathlib.Path(data_dir).expanduser().resolve()
   files = list_image_files(data_dir)
   listing = [[str(p.relative_to(root))] + _file_stat(p) for p in files]
   load = functools.partial(decode.load_file, image_size=image_size, channels=channels,
-                           jpeg_draft=jpeg_draft)
-  return Source(f"folder-{root.name}", {"source": "imagefolder", "root": str(root),
-                                        "jpeg_draft": jpeg_draft, "files": listing},
+                           jpeg_draft=jpeg_draft, max_pixels=max_pixels)
+  description = {"source": "imagefolder", "root": str(root), "jpeg_draft": jpeg_draft,
+                 "files": listing}
+  if max_pixels:  # which images are skipped depends on it
+    description["max_image_pixels"] = max_pixels
+  return Source(f"folder-{root.name}", description,
                 [str(p) for p in files], load, picklable=True)
 
 
@@ -144,7 +147,8 @@ def make_source(config) -> Source:
   if config.dataset == "embedded":
     return embedded_source(size, channels)
   if config.dataset == "imagefolder":
-    return folder_source(config.data_dir, size, channels, config.jpeg_draft)
+    return folder_source(config.data_dir, size, channels, config.jpeg_draft,
+                         config.max_image_pixels)
   if config.dataset.startswith("tfds:"):
     return tfds_source(config.dataset[5:], config.split, config.data_dir, size, channels)
   raise UsageError(f"config.dataset={config.dataset!r} is not 'embedded', 'imagefolder' "
@@ -210,16 +214,15 @@ class Batches:
 
 
 def plan_chunks(start: int, end: int, max_steps: int,
-                intervals: Sequence[int]) -> list[tuple[int, int]]:
-  """(first step, length) of each dispatch from start to end: at most max_steps long, and
-  ending on every multiple of each interval, so logging, samples and checkpoints fall
-  between dispatches."""
-  chunks, step = [], start
+                intervals: Sequence[int]) -> Iterator[tuple[int, int]]:
+  """(first step, length) of each dispatch from start to end, made as they are taken (constant
+  memory whatever the run's length): at most max_steps long, and ending on every multiple of
+  each interval, so logging, samples and checkpoints fall between dispatches."""
+  step = start
   while step < end:
     stop = min([end, step + max_steps] + [(step // i + 1) * i for i in intervals])
-    chunks.append((step, stop - step))
+    yield step, stop - step
     step = stop
-  return chunks
 
 
 class Prefetcher:
@@ -228,7 +231,7 @@ class Prefetcher:
 
   _DONE = object()
 
-  def __init__(self, make: Callable[[Any], Any], keys: Sequence, size: int = 2):
+  def __init__(self, make: Callable[[Any], Any], keys: Iterable, size: int = 2):
     self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, args=(make, keys), daemon=True)

@@ -442,12 +442,12 @@ def _load_images(config: ml_collections.ConfigDict) -> np.ndarray:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains (or resumes training) and writes metrics, samples, plots and checkpoints."""
   configuration.validate(config)
-  check_workdir(workdir)
   check_same_model(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   data = _load_images(config)
   total = configuration.total_steps(config, len(data))
+  check_workdir(workdir)  # the first write, once every check has passed
   gan = build_gan(config, mesh=mesh)
   evaluator, floor = None, None
   if parallel.is_primary():  # before anything is written

@@ -1,5 +1,8 @@
 """Sources, the cached load, errors, the seeded batch order and prefetching."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -54,6 +57,32 @@ def test_image_folder_skips_bad_files_with_a_count(tmp_path, caplog):
   assert images.shape == (10, 32, 32, 3) and images.dtype == np.uint8
   assert any("skipped 2 unreadable images of 12" in r.getMessage() and "zz_truncated.jpg"
              in r.getMessage() for r in caplog.records)
+
+
+def _png_header(path, width: int, height: int) -> None:
+  """A PNG that declares width x height pixels (8-bit gray) and holds one row: 140 bytes
+  that a decoder would expand to width * height."""
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                   8, 0, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
+
+
+def test_image_folder_skips_images_over_the_pixel_limit(tmp_path, caplog, recwarn):
+  make_image_folder(tmp_path / "images", count=4)
+  _png_header(tmp_path / "images" / "bomb.png", 12000, 12000)  # 144 Mpx
+  config = folder_config(tmp_path / "images", tmp_path / "cache")
+  images = input_pipeline.load_images(config)
+  assert len(images) == 4
+  assert any("skipped 1 unreadable images of 5" in r.getMessage() and "bomb.png: 12000x12000 "
+             "pixels, more than config.max_image_pixels=120,000,000" in r.getMessage()
+             for r in caplog.records)
+  assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+  config.max_image_pixels = 100  # a lower limit is another cache: the 32x32 images go too
+  with pytest.raises(UsageError, match="has 0 readable images"):
+    input_pipeline.load_images(config)
 
 
 def test_image_folder_strict_names_the_bad_file(tmp_path):
@@ -160,13 +189,19 @@ def test_epoch_order_pinned():
 
 
 def test_plan_chunks_end_on_every_interval():
-  assert input_pipeline.plan_chunks(0, 12, 4, (5,)) == [(0, 4), (4, 1), (5, 4), (9, 1), (10, 2)]
-  assert input_pipeline.plan_chunks(7, 9, 100, (50, 500)) == [(7, 2)]
-  assert input_pipeline.plan_chunks(0, 6, 1, (2,)) == [(s, 1) for s in range(6)]
-  chunks = input_pipeline.plan_chunks(3, 1000, 16, (50, 200, 500))
+  plan = lambda *args: list(input_pipeline.plan_chunks(*args))  # noqa: E731
+  assert plan(0, 12, 4, (5,)) == [(0, 4), (4, 1), (5, 4), (9, 1), (10, 2)]
+  assert plan(7, 9, 100, (50, 500)) == [(7, 2)]
+  assert plan(0, 6, 1, (2,)) == [(s, 1) for s in range(6)]
+  chunks = plan(3, 1000, 16, (50, 200, 500))
   assert sum(n for _, n in chunks) == 997 and {n for _, n in chunks} == {16, 15, 2}
   ends = {first + n for first, n in chunks}
   assert all(m in ends for m in range(50, 1000, 50))  # few sizes to compile, every boundary hit
+
+
+def test_plan_chunks_is_lazy_for_the_longest_run():
+  chunks = input_pipeline.plan_chunks(0, 2**31 - 1, 25, (50, 1000))
+  assert next(chunks) == (0, 25) and next(chunks) == (25, 25)  # nothing planned ahead
 
 
 def test_chunks_stack_the_batches_of_consecutive_steps():

@@ -228,6 +228,7 @@ def imports(crafted, tmp_path_factory) -> dict[str, tuple]:
     return dict(pool.map(one, sorted(crafted)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CRAFTED))
 def test_crafted_file_is_refused_in_one_line(name, crafted, imports, capfd):
   status, out, err, peak, workdir = imports[name]
