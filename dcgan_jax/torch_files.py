@@ -26,7 +26,6 @@ import math
 import mmap
 import os
 import pickle
-import pickletools
 import struct
 import zipfile
 import zlib
@@ -196,27 +195,47 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return self._load_storage(pid)
 
 
-_TUPLE_OPS = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
-_ATOMS = {"NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1",
-          "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
-          "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
-          "BINBYTES8", "BYTEARRAY8", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "GLOBAL", "EXT1", "EXT2", "EXT4", "PERSID", "NEXT_BUFFER"}
-# Opcodes and how many stack items each pops (None: down to the last MARK) before pushing one
-# result of nesting depth 0; opcodes that push nothing are listed with push=False.
-_EFFECTS = {"LIST": (None, True), "DICT": (None, True), "APPEND": (1, False),
-            "APPENDS": (None, False), "SETITEM": (2, False), "SETITEMS": (None, False),
-            "ADDITEMS": (None, False), "POP_MARK": (None, False), "STACK_GLOBAL": (2, True),
-            "REDUCE": (2, True), "BUILD": (1, False), "BINPERSID": (1, True),
-            "NEWOBJ": (2, True), "NEWOBJ_EX": (3, True), "OBJ": (None, True), "INST": (None, True),
-            "READONLY_BUFFER": (1, True)}
+def _opcodes(spec: str) -> frozenset[int]:
+  return frozenset(spec.encode("latin-1"))
 
 
-def _check_pickle(source: BinaryIO, size: int) -> None:
-  """Walks the pickle in source (of `size` bytes; up to its STOP) before the C unpickler loads
+# Pickle opcodes by the form of their argument: a fixed number of bytes, a length of that
+# many bytes followed by as many bytes, or newline-terminated lines.
+_FIXED_ARG = {ord(k): n for k, n in (("J", 4), ("K", 1), ("M", 2), ("G", 8), ("\x82", 1),
+                                     ("\x83", 2), ("\x84", 4), ("q", 1), ("r", 4), ("h", 1),
+                                     ("j", 4), ("\x80", 1), ("\x95", 8))}
+_COUNTED_ARG = {ord(k): n for k, n in (("\x8a", 1), ("\x8b", 4), ("T", 4), ("U", 1), ("X", 4),
+                                       ("\x8c", 1), ("\x8d", 8), ("B", 4), ("C", 1),
+                                       ("\x8e", 8), ("\x96", 8))}
+_LINE_ARGS = {ord(k): n for k, n in (("I", 1), ("L", 1), ("F", 1), ("S", 1), ("V", 1),
+                                     ("P", 1), ("p", 1), ("g", 1), ("c", 2), ("i", 2))}
+# Stack effects: items pushed with nesting depth 0; (items popped, None: down to the last
+# MARK; whether one item is pushed after).
+_PUSHES = _opcodes("NJKMG\x88\x89\x8a\x8bTUX\x8c\x8dBC\x8e\x96]}\x8fc\x82\x83\x84P\x97ILFSV")
+_POPS = {ord(k): v for k, v in (("l", (None, True)), ("d", (None, True)), ("a", (1, False)),
+                                ("e", (None, False)), ("s", (2, False)), ("u", (None, False)),
+                                ("\x90", (None, False)), ("1", (None, False)),
+                                ("\x93", (2, True)), ("R", (2, True)), ("b", (1, False)),
+                                ("Q", (1, True)), ("\x81", (2, True)), ("\x92", (3, True)),
+                                ("o", (None, True)), ("i", (None, True)),
+                                ("\x98", (1, True)))}
+_TUPLES = {ord(")"): 0, ord("\x85"): 1, ord("\x86"): 2, ord("\x87"): 3, ord("t"): None,
+           ord("\x91"): None}
+_PUTS, _GETS = _opcodes("pqr\x94"), _opcodes("ghj")
+_NOTHING = _opcodes("\x80\x95")
+_MARK, _POP, _DUP, _STOP, _FRAME = ord("("), ord("0"), ord("2"), ord("."), ord("\x95")
+
+
+def _malformed(why: str) -> UnsupportedFile:
+  return UnsupportedFile(f"its pickle is malformed ({why})")
+
+
+def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
+  """Walks the pickle that starts at data[pos] (up to its STOP) before the C unpickler loads
   it, simulating its stack. Refuses a pickle whose arguments or frames declare more bytes
   than follow, or whose memo indices skip ahead (the unpickler allocates what is declared
-  before reading it) and one that nests tuples more than
-  MAX_NESTING deep (hashing such a tuple, as a dict key, recurses in C without a guard)."""
+  before reading it), and one that nests tuples more than MAX_NESTING deep (hashing such a
+  tuple, as a dict key, recurses in C without a guard)."""
   stack: list[int] = []
   marks: list[int] = []
   memo: dict[int, int] = {}
@@ -224,52 +243,80 @@ def _check_pickle(source: BinaryIO, size: int) -> None:
   def pop(n: int | None) -> list[int]:
     """The top n items, or those above the last MARK (n=None), removed from the stack."""
     if n is None and not marks or n is not None and len(stack) - n < (marks[-1] if marks else 0):
-      raise UnsupportedFile("its pickle takes more from the stack than it put there")
+      raise _malformed("it takes more from the stack than it put there")
     start = marks.pop() if n is None else len(stack) - n
     items = stack[start:]
     del stack[start:]
     return items
 
-  try:
-    for opcode, arg, position in pickletools.genops(source):
-      name = opcode.name
-      if name in _ATOMS:
+  while True:
+    if pos >= size:
+      raise _malformed("it ends before its STOP")
+    op = data[pos]
+    pos += 1
+    arg = None
+    if op in _FIXED_ARG:
+      n = _FIXED_ARG[op]
+      if pos + n > size:
+        raise _malformed("an argument is cut short")
+      arg = int.from_bytes(data[pos:pos + n], "little")
+      pos += n
+    elif op in _COUNTED_ARG:
+      n = _COUNTED_ARG[op]
+      length = int.from_bytes(data[pos:pos + n], "little", signed=n == 4)
+      pos += n
+      if length < 0 or pos + length > size:
+        raise _malformed(f"an argument declares {length} bytes where {max(size - pos, 0)} "
+                         "remain")
+      pos += length
+    elif op in _LINE_ARGS:
+      for _ in range(_LINE_ARGS[op]):
+        end = data.find(b"\n", pos, size)
+        if end < 0:
+          raise _malformed("a line argument is cut short")
+        arg, pos = data[pos:end], end + 1
+    if op in _PUSHES:
+      stack.append(0)
+    elif op in _TUPLES:
+      depth = 1 + max(pop(_TUPLES[op]), default=0)
+      if depth > MAX_NESTING:
+        raise UnsupportedFile(f"its pickle nests tuples more than {MAX_NESTING} deep")
+      stack.append(depth)
+    elif op in _POPS:
+      count, push = _POPS[op]
+      pop(count)
+      if push:
         stack.append(0)
-      elif name == "EMPTY_TUPLE":
-        stack.append(1)
-      elif name in _TUPLE_OPS or name in ("TUPLE", "FROZENSET"):
-        depth = 1 + max(pop(_TUPLE_OPS.get(name)), default=0)
-        if depth > MAX_NESTING:
-          raise UnsupportedFile(f"its pickle nests tuples more than {MAX_NESTING} deep")
-        stack.append(depth)
-      elif name == "MARK":
-        marks.append(len(stack))
-      elif name in _EFFECTS:
-        count, push = _EFFECTS[name]
-        pop(count)
-        if push:
-          stack.append(0)
-      elif name == "POP":
-        if marks and marks[-1] == len(stack):
-          marks.pop()
-        else:
-          pop(1)
-      elif name == "DUP":
-        stack.append(stack[-1])
-      elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-        index = len(memo) if name == "MEMOIZE" else arg
-        if index > len(memo):  # the unpickler sizes its memo by the largest index
-          raise UnsupportedFile(f"its pickle stores at memo index {index} of {len(memo)}")
-        memo[index] = stack[-1]
-      elif name == "FRAME" and arg > size - position - 9:  # the unpickler allocates a frame
-        raise UnsupportedFile(f"its pickle declares a frame of {arg} bytes where "
-                              f"{size - position - 9} remain")
-      elif name in ("GET", "BINGET", "LONG_BINGET"):
-        stack.append(memo[arg])
-  except (ValueError, IndexError, KeyError) as e:
-    if isinstance(e, UnsupportedFile):
-      raise
-    raise UnsupportedFile(f"its pickle is malformed ({type(e).__name__})") from None
+    elif op in _PUTS:
+      index = len(memo) if op == 0x94 else int(arg) if op == 0x70 else arg
+      if index > len(memo):  # the unpickler sizes its memo by the largest index
+        raise UnsupportedFile(f"its pickle stores at memo index {index} of {len(memo)}")
+      if not stack:
+        raise _malformed("it stores an empty stack")
+      memo[index] = stack[-1]
+    elif op in _GETS:
+      index = int(arg) if op == 0x67 else arg
+      if index not in memo:
+        raise _malformed(f"it reads memo index {index}, never stored")
+      stack.append(memo[index])
+    elif op == _MARK:
+      marks.append(len(stack))
+    elif op == _POP:
+      if marks and marks[-1] == len(stack):
+        marks.pop()
+      else:
+        pop(1)
+    elif op == _DUP:
+      if not stack:
+        raise _malformed("it duplicates an empty stack")
+      stack.append(stack[-1])
+    elif op == _STOP:
+      return
+    elif op not in _NOTHING:
+      raise _malformed(f"opcode 0x{op:02x} is unknown")
+    if op == _FRAME and arg > size - pos:  # the unpickler allocates a frame before reading it
+      raise UnsupportedFile(f"its pickle declares a frame of {arg} bytes where {size - pos} "
+                            "remain")
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, size: int, needed: int,
@@ -312,7 +359,7 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
       raise UnsupportedFile(f"its data.pkl is {info.file_size:,} bytes (at most "
                             f"{MAX_PICKLE_BYTES:,})")
     data = _read_member(archive, pickles[0], info.file_size, info.file_size, "data.pkl")
-    _check_pickle(io.BytesIO(data), len(data))
+    _check_pickle(data, 0, len(data))
     declared = _Declared()
 
     def load_storage(pid):
@@ -372,8 +419,7 @@ def _read_legacy(f: BinaryIO, mapped: mmap.mmap, file_size: int) -> dict[str, np
   element count and bytes."""
 
   def load(load_storage=None):
-    mapped.seek(f.tell())
-    _check_pickle(mapped, file_size)
+    _check_pickle(mapped, f.tell(), file_size)
     return _RestrictedUnpickler(f, load_storage).load()
 
   try:
@@ -460,14 +506,30 @@ def _check_tensors(refs: dict[str, _TensorRef]) -> dict[int, int]:
 
 
 def _arrays(refs: dict[str, _TensorRef]) -> dict[str, np.ndarray]:
-  """Each tensor as a C-contiguous array of its own, in the storage's native dtype."""
+  """Each tensor as a C-contiguous array of its own, in the storage's native dtype: the
+  storage's own array where the tensor is all of it, in order, and alone on it; else a copy."""
+  users = collections.Counter(id(ref.storage) for ref in refs.values())
   out = {}
   for key, ref in refs.items():
     flat, item = ref.storage.data, ref.storage.dtype.itemsize
+    if (users[id(ref.storage)] == 1 and flat.flags.writeable and flat.flags.owndata
+        and flat.dtype == ref.storage.dtype and ref.offset == 0
+        and math.prod(ref.size) == flat.size and ref.stride == _contiguous(ref.size)):
+      out[key] = flat.reshape(ref.size)
+      continue
     view = np.lib.stride_tricks.as_strided(flat[ref.offset:], shape=ref.size, writeable=False,
                                            strides=[s * item for s in ref.stride])
     out[key] = np.array(view, dtype=ref.storage.dtype, order="C", copy=True)
   return out
+
+
+def _contiguous(size: tuple[int, ...]) -> tuple[int, ...]:
+  """The strides (in elements) of a C-contiguous tensor of this size, as torch writes them."""
+  strides, step = [], 1
+  for n in reversed(size):
+    strides.append(step)
+    step *= max(n, 1)
+  return tuple(reversed(strides))
 
 
 _READ_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError, TypeError,
