@@ -16,7 +16,9 @@ refused (UnsupportedFile, one line naming the tensor, storage or limit) unless:
 - its storages together, and its tensors together, hold at most MAX_ELEMENTS elements;
 - a storage's bytes are exactly as many as the file declares (a zip member is read as a
   stream, only as far as its tensors need, and checked to its declared end and CRC);
-- its pickle is at most MAX_PICKLE_BYTES and nests tuples at most MAX_NESTING deep.
+- each pickle, walked before it is loaded, declares no argument, frame or memo index beyond
+  what the file holds and nests tuples at most MAX_NESTING deep; a zip's data.pkl is at most
+  MAX_PICKLE_BYTES.
 """
 
 import collections
@@ -36,7 +38,7 @@ import numpy as np
 
 # Elements a file may declare, in its storages together and in its tensors together: 2**30
 # (4 GiB of float32). A 128 px DCGAN generator at ngf=512 (the widest a config admits) has
-# 726 million, its discriminator at ndf=512 226 million, the FID Inception 24 million.
+# 726 million, its discriminator at ndf=512 713 million, the FID Inception 24 million.
 MAX_ELEMENTS = 2**30
 MAX_NDIM = 8
 MAX_PICKLE_BYTES = 64 * 2**20
