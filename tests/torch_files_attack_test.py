@@ -9,10 +9,10 @@ import os
 import pathlib
 import pickle
 import re
-import resource
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import numpy as np
@@ -187,22 +187,33 @@ CRAFTED = {  # name: (writer(path), what the one line must say)
 }
 
 
-def _limit_memory() -> None:
-  resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+_LIMITED = """
+import atexit, os, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+
+def report_peak():  # this process's own high-water mark (getrusage would count the parent's)
+  with open("/proc/self/status") as status, open(os.environ["PEAK_FILE"], "w") as out:
+    out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+
+atexit.register(report_peak)
+sys.argv = sys.argv[1:]
+exec(sys.argv[0])
+"""
+
+
+def _run_limited(code: str, *args: str) -> tuple[int, str, str, int]:
+  """(exit status, stdout, stderr, peak RSS in bytes) of Python running code with sys.argv
+  [code, *args], under an address space limit of MEMORY_LIMIT."""
+  with tempfile.NamedTemporaryFile() as peak:
+    out = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=MEMORY_LIMIT), code, *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PEAK_FILE": peak.name})
+    return out.returncode, out.stdout, out.stderr, int(pathlib.Path(peak.name).read_text()) * 1024
 
 
 def _run_import(net_g: pathlib.Path, workdir: pathlib.Path) -> tuple[int, str, str, int]:
-  """(exit status, stdout, stderr, the child's peak RSS in bytes) of the import, run under
-  MEMORY_LIMIT."""
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "dcgan_jax.convert", "import", "--netG", str(net_g), "--workdir",
-       str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      preexec_fn=_limit_memory)
-  with proc:
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-  proc.returncode = os.waitstatus_to_exitcode(status)
-  return proc.returncode, out.decode(), err.decode(), usage.ru_maxrss * 1024
+  return _run_limited("import runpy; runpy.run_module('dcgan_jax.convert', run_name='__main__', "
+                      "alter_sys=True)", "import", "--netG", str(net_g), "--workdir", str(workdir))
 
 
 def _genuine_variants(folder: pathlib.Path) -> dict[str, tuple[pathlib.Path, str]]:
@@ -316,15 +327,10 @@ def test_large_storage_read_as_a_stream_under_a_memory_limit(tmp_path):
         member.write(bytes(1 << 24))
   code = ("import sys; from dcgan_jax import torch_files; "
           "w = torch_files.load_state_dict(sys.argv[1])['w']; print(w.ravel().tolist())")
-  proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          preexec_fn=_limit_memory)
-  with proc:
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-  assert os.waitstatus_to_exitcode(status) == 0, err
+  status, out, err, peak = _run_limited(code, str(path))
+  assert status == 0, err
   assert out.strip() == "[0.0, 1.0, 2.0, 3.0]"  # of a 512 MiB storage
-  assert usage.ru_maxrss * 1024 < PEAK_RSS_LIMIT
+  assert peak < PEAK_RSS_LIMIT
 
 
 def test_legacy_storage_view_is_read_at_its_offset(tmp_path):
