@@ -197,35 +197,57 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return self._load_storage(pid)
 
 
-def _opcodes(spec: str) -> frozenset[int]:
-  return frozenset(spec.encode("latin-1"))
+# The pickle walk's opcode table: for each opcode byte, what it does to the stack and how its
+# argument is laid out (a fixed number of bytes, a length of that many bytes then as many
+# bytes, or newline-terminated lines).
+(_UNKNOWN, _PUSH, _PUSH_FIXED, _PUSH_COUNTED, _PUSH_LINES, _TUPLE, _POPS, _PUT, _GET, _MARK,
+ _POP, _DUP, _SKIP, _FRAME, _STOP) = range(15)
+_KIND = [_UNKNOWN] * 256
+_SIZE = [0] * 256
+_EFFECT: dict[int, tuple[int | None, bool]] = {}
 
 
-# Pickle opcodes by the form of their argument: a fixed number of bytes, a length of that
-# many bytes followed by as many bytes, or newline-terminated lines.
-_FIXED_ARG = {ord(k): n for k, n in (("J", 4), ("K", 1), ("M", 2), ("G", 8), ("\x82", 1),
-                                     ("\x83", 2), ("\x84", 4), ("q", 1), ("r", 4), ("h", 1),
-                                     ("j", 4), ("\x80", 1), ("\x95", 8))}
-_COUNTED_ARG = {ord(k): n for k, n in (("\x8a", 1), ("\x8b", 4), ("T", 4), ("U", 1), ("X", 4),
-                                       ("\x8c", 1), ("\x8d", 8), ("B", 4), ("C", 1),
-                                       ("\x8e", 8), ("\x96", 8))}
-_LINE_ARGS = {ord(k): n for k, n in (("I", 1), ("L", 1), ("F", 1), ("S", 1), ("V", 1),
-                                     ("P", 1), ("p", 1), ("g", 1), ("c", 2), ("i", 2))}
-# Stack effects: items pushed with nesting depth 0; (items popped, None: down to the last
-# MARK; whether one item is pushed after).
-_PUSHES = _opcodes("NJKMG\x88\x89\x8a\x8bTUX\x8c\x8dBC\x8e\x96]}\x8fc\x82\x83\x84P\x97ILFSV")
-_POPS = {ord(k): v for k, v in (("l", (None, True)), ("d", (None, True)), ("a", (1, False)),
-                                ("e", (None, False)), ("s", (2, False)), ("u", (None, False)),
-                                ("\x90", (None, False)), ("1", (None, False)),
-                                ("\x93", (2, True)), ("R", (2, True)), ("b", (1, False)),
-                                ("Q", (1, True)), ("\x81", (2, True)), ("\x92", (3, True)),
-                                ("o", (None, True)), ("i", (None, True)),
-                                ("\x98", (1, True)))}
-_TUPLES = {ord(")"): 0, ord("\x85"): 1, ord("\x86"): 2, ord("\x87"): 3, ord("t"): None,
-           ord("\x91"): None}
-_PUTS, _GETS = _opcodes("pqr\x94"), _opcodes("ghj")
-_NOTHING = _opcodes("\x80\x95")
-_MARK, _POP, _DUP, _STOP, _FRAME = ord("("), ord("0"), ord("2"), ord("."), ord("\x95")
+def _define(kind: int, opcodes: str, size: int = 0) -> None:
+  for op in opcodes.encode("latin-1"):
+    _KIND[op], _SIZE[op] = kind, size
+
+
+_define(_PUSH, "N\x88\x89]}\x8f\x97")
+_define(_PUSH_FIXED, "K\x82", 1)
+_define(_PUSH_FIXED, "M\x83", 2)
+_define(_PUSH_FIXED, "J\x84", 4)
+_define(_PUSH_FIXED, "G", 8)
+_define(_PUSH_COUNTED, "\x8aUC\x8c", 1)
+_define(_PUSH_COUNTED, "\x8bTXB", 4)
+_define(_PUSH_COUNTED, "\x8d\x8e\x96", 8)
+_define(_PUSH_LINES, "ILFSVP", 1)
+_define(_PUSH_LINES, "c", 2)
+_define(_TUPLE, ")")
+_define(_TUPLE, "\x85", 1)
+_define(_TUPLE, "\x86", 2)
+_define(_TUPLE, "\x87", 3)
+_define(_TUPLE, "t\x91", -1)  # down to the last MARK
+_define(_PUT, "q", 1)
+_define(_PUT, "r", 4)
+_define(_PUT, "p", -1)  # a line
+_define(_PUT, "\x94", 0)  # MEMOIZE: the next index
+_define(_GET, "h", 1)
+_define(_GET, "j", 4)
+_define(_GET, "g", -1)
+_define(_MARK, "(")
+_define(_POP, "0")
+_define(_DUP, "2")
+_define(_SKIP, "\x80", 1)  # PROTO
+_define(_FRAME, "\x95", 8)
+_define(_STOP, ".")
+for _op, _effect in (("l", (None, True)), ("d", (None, True)), ("a", (1, False)),
+                     ("e", (None, False)), ("s", (2, False)), ("u", (None, False)),
+                     ("\x90", (None, False)), ("1", (None, False)), ("\x93", (2, True)),
+                     ("R", (2, True)), ("b", (1, False)), ("Q", (1, True)), ("\x81", (2, True)),
+                     ("\x92", (3, True)), ("o", (None, True)), ("i", (None, True)),
+                     ("\x98", (1, True))):
+  _define(_POPS, _op, 2 if _op == "i" else 0)  # INST: a mark's items, and two lines
+  _EFFECT[ord(_op)] = _effect
 
 
 def _malformed(why: str) -> UnsupportedFile:
@@ -238,87 +260,99 @@ def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
   than follow, or whose memo indices skip ahead (the unpickler allocates what is declared
   before reading it), and one that nests tuples more than MAX_NESTING deep (hashing such a
   tuple, as a dict key, recurses in C without a guard)."""
-  stack: list[int] = []
+  stack: list[int] = []  # each item's tuple nesting depth
   marks: list[int] = []
   memo: dict[int, int] = {}
+  kinds, sizes, little = _KIND, _SIZE, "little"
 
-  def pop(n: int | None) -> list[int]:
-    """The top n items, or those above the last MARK (n=None), removed from the stack."""
-    if n is None and not marks or n is not None and len(stack) - n < (marks[-1] if marks else 0):
+  def pop(n: int) -> list[int]:
+    """The top n items, or those above the last MARK (n < 0), removed from the stack."""
+    if n < 0 and not marks or n >= 0 and len(stack) - n < (marks[-1] if marks else 0):
       raise _malformed("it takes more from the stack than it put there")
-    start = marks.pop() if n is None else len(stack) - n
+    start = marks.pop() if n < 0 else len(stack) - n
     items = stack[start:]
     del stack[start:]
     return items
 
-  while True:
-    if pos >= size:
-      raise _malformed("it ends before its STOP")
-    op = data[pos]
-    pos += 1
-    arg = None
-    if op in _FIXED_ARG:
-      n = _FIXED_ARG[op]
-      if pos + n > size:
-        raise _malformed("an argument is cut short")
-      arg = int.from_bytes(data[pos:pos + n], "little")
-      pos += n
-    elif op in _COUNTED_ARG:
-      n = _COUNTED_ARG[op]
-      length = int.from_bytes(data[pos:pos + n], "little", signed=n == 4)
-      pos += n
-      if length < 0 or pos + length > size:
-        raise _malformed(f"an argument declares {length} bytes where {max(size - pos, 0)} "
-                         "remain")
-      pos += length
-    elif op in _LINE_ARGS:
-      for _ in range(_LINE_ARGS[op]):
-        end = data.find(b"\n", pos, size)
-        if end < 0:
-          raise _malformed("a line argument is cut short")
-        arg, pos = data[pos:end], end + 1
-    if op in _PUSHES:
-      stack.append(0)
-    elif op in _TUPLES:
-      depth = 1 + max(pop(_TUPLES[op]), default=0)
-      if depth > MAX_NESTING:
-        raise UnsupportedFile(f"its pickle nests tuples more than {MAX_NESTING} deep")
-      stack.append(depth)
-    elif op in _POPS:
-      count, push = _POPS[op]
-      pop(count)
-      if push:
+  def line() -> bytes:
+    nonlocal pos
+    end = data.find(b"\n", pos, size)
+    if end < 0:
+      raise _malformed("a line argument is cut short")
+    text, pos = data[pos:end], end + 1
+    return text
+
+  try:
+    while True:
+      op = data[pos]
+      pos += 1
+      kind = kinds[op]
+      if kind == _PUSH:
         stack.append(0)
-    elif op in _PUTS:
-      index = len(memo) if op == 0x94 else int(arg) if op == 0x70 else arg
-      if index > len(memo):  # the unpickler sizes its memo by the largest index
-        raise UnsupportedFile(f"its pickle stores at memo index {index} of {len(memo)}")
-      if not stack:
-        raise _malformed("it stores an empty stack")
-      memo[index] = stack[-1]
-    elif op in _GETS:
-      index = int(arg) if op == 0x67 else arg
-      if index not in memo:
-        raise _malformed(f"it reads memo index {index}, never stored")
-      stack.append(memo[index])
-    elif op == _MARK:
-      marks.append(len(stack))
-    elif op == _POP:
-      if marks and marks[-1] == len(stack):
-        marks.pop()
+      elif kind == _PUSH_FIXED:
+        pos += sizes[op]
+        stack.append(0)
+      elif kind == _PUSH_COUNTED:
+        n = sizes[op]
+        length = int.from_bytes(data[pos:pos + n], little, signed=n == 4)
+        pos += n + length
+        if length < 0 or pos > size:
+          raise _malformed(f"an argument declares {length} bytes, more than remain")
+        stack.append(0)
+      elif kind == _PUT:
+        n = sizes[op]
+        index = len(memo) if n == 0 else int(line()) if n < 0 else int.from_bytes(
+            data[pos:pos + n], little)
+        pos += max(n, 0)
+        if index > len(memo):  # the unpickler sizes its memo by the largest index
+          raise UnsupportedFile(f"its pickle stores at memo index {index} of {len(memo)}")
+        memo[index] = stack[-1]
+      elif kind == _GET:
+        n = sizes[op]
+        index = int(line()) if n < 0 else int.from_bytes(data[pos:pos + n], little)
+        pos += max(n, 0)
+        stack.append(memo[index])
+      elif kind == _TUPLE:
+        depth = 1 + max(pop(sizes[op]), default=0)
+        if depth > MAX_NESTING:
+          raise UnsupportedFile(f"its pickle nests tuples more than {MAX_NESTING} deep")
+        stack.append(depth)
+      elif kind == _POPS:
+        for _ in range(sizes[op]):
+          line()
+        count, push = _EFFECT[op]
+        pop(-1 if count is None else count)
+        if push:
+          stack.append(0)
+      elif kind == _MARK:
+        marks.append(len(stack))
+      elif kind == _PUSH_LINES:
+        for _ in range(sizes[op]):
+          line()
+        stack.append(0)
+      elif kind == _POP:
+        if marks and marks[-1] == len(stack):
+          marks.pop()
+        else:
+          pop(1)
+      elif kind == _DUP:
+        stack.append(stack[-1])
+      elif kind == _SKIP:
+        pos += 1
+      elif kind == _FRAME:
+        length = int.from_bytes(data[pos:pos + 8], little)
+        pos += 8
+        if length > size - pos:  # the unpickler allocates a frame before reading it
+          raise UnsupportedFile(f"its pickle declares a frame of {length} bytes where "
+                                f"{size - pos} remain")
+      elif kind == _STOP:
+        if pos > size:
+          raise _malformed("an argument is cut short")
+        return
       else:
-        pop(1)
-    elif op == _DUP:
-      if not stack:
-        raise _malformed("it duplicates an empty stack")
-      stack.append(stack[-1])
-    elif op == _STOP:
-      return
-    elif op not in _NOTHING:
-      raise _malformed(f"opcode 0x{op:02x} is unknown")
-    if op == _FRAME and arg > size - pos:  # the unpickler allocates a frame before reading it
-      raise UnsupportedFile(f"its pickle declares a frame of {arg} bytes where {size - pos} "
-                            "remain")
+        raise _malformed(f"opcode 0x{op:02x} is unknown")
+  except (IndexError, KeyError):
+    raise _malformed("it ends early, or reads what it never stored") from None
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, size: int, needed: int,
