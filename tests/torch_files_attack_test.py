@@ -237,7 +237,13 @@ def _genuine_variants(folder: pathlib.Path) -> dict[str, tuple[pathlib.Path, str
                                                       info.header_offset + 30])
       start = info.header_offset + 30 + name_len + extra_len  # the local header's own lengths
       variants["storage_byte"] = (data[:start + 5] + bytes([data[start + 5] ^ 1])
-                                  + data[start + 6:], r"Bad CRC-32")
+                                  + data[start + 6:], r"storage .0. fails its CRC-32 check")
+      name_at = info.header_offset + 30 + name_len - 1  # the last letter of the member's name
+      variants["local_header_name"] = (data[:name_at] + b"9" + data[name_at + 1:],
+                                       r"local header names another member")
+      variants["local_header_signature"] = (data[:info.header_offset] + b"PK\x07\x08"
+                                            + data[info.header_offset + 4:],
+                                            r"local header is damaged")
       variants["central_directory"] = (data[:-30] + b"\xff" * 8 + data[-22:],
                                        r"cannot be read")
     else:
@@ -253,7 +259,7 @@ def _genuine_variants(folder: pathlib.Path) -> dict[str, tuple[pathlib.Path, str
 
 GENUINE_VARIANTS = [f"genuine_{fmt}_{name}" for fmt, names in (
     ("zip", ("cut_0", "cut_1", "cut_10", "cut_half", "cut_last", "storage_byte",
-             "central_directory")),
+             "local_header_name", "local_header_signature", "central_directory")),
     ("legacy", ("cut_0", "cut_1", "cut_10", "cut_half", "cut_last", "magic", "numel_header")))
                     for name in names]
 
