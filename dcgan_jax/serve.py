@@ -276,11 +276,15 @@ class BoundedServer(BaseWSGIServer):
     threading.Thread(target=run, daemon=True).start()
 
 
+def _check_port(port: int) -> None:
+  if not 1 <= port <= 65535:
+    raise UsageError(f"--port={port} is not a port number (1 to 65535)")
+
+
 def make_server(explorer: Explorer, host: str, port: int) -> BoundedServer:
   """The server of the page on host:port; UsageError (one line) for a port out of range or
   one that cannot be listened on."""
-  if not 1 <= port <= 65535:
-    raise UsageError(f"--port={port} is not a port number (1 to 65535)")
+  _check_port(port)
   try:
     return BoundedServer(host, port, make_app(explorer, loopback_hosts(host, port)))
   except (OSError, UnicodeError) as e:  # an address that does not resolve
@@ -290,8 +294,7 @@ def make_server(explorer: Explorer, host: str, port: int) -> BoundedServer:
 
 def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
   """Serves the page until interrupted; refuses a workdir without a checkpoint."""
-  if not 1 <= port <= 65535:  # before the checkpoints load
-    raise UsageError(f"--port={port} is not a port number (1 to 65535)")
+  _check_port(port)  # before the checkpoints load
   explorer = Explorer(workdir)
   server = make_server(explorer, host, port)
   logging.info("serving %s (step %d) on http://%s:%d/", workdir,

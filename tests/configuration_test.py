@@ -77,3 +77,44 @@ def test_bad_evaluation_settings_are_named(changes, message):
   with pytest.raises(UsageError) as e:
     configuration.validate(config)
   assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field", sorted(configuration.INT_BOUNDS))
+def test_every_bounded_field_takes_its_bound_and_refuses_one_more(field):
+  config = default.get_config()
+  config[field] = configuration.INT_BOUNDS[field]
+  configuration.validate(config)
+  config[field] += 1
+  with pytest.raises(UsageError, match=f"config.{field}={config[field]} is too large"):
+    configuration.validate(config)
+
+
+@pytest.mark.parametrize("field,value", [("g_learning_rate", float("inf")),
+                                         ("d_learning_rate", float("nan")),
+                                         ("adam_eps", float("inf"))])
+def test_learning_rates_must_be_finite(field, value):
+  config = default.get_config()
+  config[field] = value
+  with pytest.raises(UsageError, match=f"config.{field}={value} must be positive and finite"):
+    configuration.validate(config)
+
+
+def test_steps_from_epochs_fit_the_step_counter():
+  config = default.get_config()
+  config.num_train_steps, config.num_epochs = -1, 1e9
+  with pytest.raises(UsageError, match="config.num_epochs=1000000000.0 makes 78,000,000,000 "
+                     "steps of 5,000 images; at most 2,147,483,647"):
+    configuration.total_steps(config, 5000)
+  config.num_epochs = 2.0
+  assert configuration.total_steps(config, 5000) == 156
+
+
+def test_cache_dir_must_be_makeable(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  config = default.get_config()
+  config.cache_dir = str(blocker / "cache")
+  with pytest.raises(UsageError, match="is not a folder that exists or can be made here"):
+    configuration.validate(config)
+  config.cache_dir = str(tmp_path / "new" / "cache")  # made when the cache is built
+  configuration.validate(config)
