@@ -16,8 +16,9 @@ refused (UnsupportedFile, one line naming the tensor, storage or limit) unless:
 - its storages together, and its tensors together, hold at most MAX_ELEMENTS elements;
 - a storage's bytes are exactly as many as the file declares (a zip member is read as a
   stream, only as far as its tensors need, and checked to its declared end and CRC);
-- each pickle, walked before it is loaded, declares no argument, frame or memo index beyond
-  what the file holds and nests tuples at most MAX_NESTING deep; a zip's data.pkl is at most
+- each pickle, walked before it is loaded, uses only the opcodes of torch.save's state_dicts
+  (those torch's own weights-only loader reads), declares no argument or memo index beyond
+  what the file holds, and nests tuples at most MAX_NESTING deep; a zip's data.pkl is at most
   MAX_PICKLE_BYTES.
 """
 
@@ -28,6 +29,7 @@ import math
 import mmap
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -197,14 +199,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return self._load_storage(pid)
 
 
-# The pickle walk's opcode table: for each opcode byte, what it does to the stack and how its
+# The pickle walk's opcode table: the opcodes of torch.save's state_dicts, which are also the
+# ones torch's own weights-only loader reads; for each, what it does to the stack and how its
 # argument is laid out (a fixed number of bytes, a length of that many bytes then as many
-# bytes, or newline-terminated lines).
+# bytes, or newline-terminated lines). Every other opcode is refused.
 (_UNKNOWN, _PUSH, _PUSH_FIXED, _PUSH_COUNTED, _PUSH_LINES, _TUPLE, _POPS, _PUT, _GET, _MARK,
- _POP, _DUP, _SKIP, _FRAME, _STOP) = range(15)
+ _SKIP, _STOP) = range(12)
 _KIND = [_UNKNOWN] * 256
 _SIZE = [0] * 256
 _EFFECT: dict[int, tuple[int | None, bool]] = {}
+_OPCODE_NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
 
 
 def _define(kind: int, opcodes: str, size: int = 0) -> None:
@@ -212,41 +216,30 @@ def _define(kind: int, opcodes: str, size: int = 0) -> None:
     _KIND[op], _SIZE[op] = kind, size
 
 
-_define(_PUSH, "N\x88\x89]}\x8f\x97")
-_define(_PUSH_FIXED, "K\x82", 1)
-_define(_PUSH_FIXED, "M\x83", 2)
-_define(_PUSH_FIXED, "J\x84", 4)
-_define(_PUSH_FIXED, "G", 8)
-_define(_PUSH_COUNTED, "\x8aUC\x8c", 1)
-_define(_PUSH_COUNTED, "\x8bTXB", 4)
-_define(_PUSH_COUNTED, "\x8d\x8e\x96", 8)
-_define(_PUSH_LINES, "ILFSVP", 1)
-_define(_PUSH_LINES, "c", 2)
-_define(_TUPLE, ")")
+_define(_PUSH, "N\x88\x89]}\x8f")  # NONE NEWTRUE NEWFALSE EMPTY_LIST EMPTY_DICT EMPTY_SET
+_define(_PUSH_FIXED, "K", 1)  # BININT1
+_define(_PUSH_FIXED, "M", 2)  # BININT2
+_define(_PUSH_FIXED, "J", 4)  # BININT
+_define(_PUSH_FIXED, "G", 8)  # BINFLOAT
+_define(_PUSH_COUNTED, "\x8aU", 1)  # LONG1 SHORT_BINSTRING
+_define(_PUSH_COUNTED, "X", 4)  # BINUNICODE
+_define(_PUSH_LINES, "c", 2)  # GLOBAL module, name
+_define(_TUPLE, ")")  # EMPTY_TUPLE
 _define(_TUPLE, "\x85", 1)
 _define(_TUPLE, "\x86", 2)
 _define(_TUPLE, "\x87", 3)
-_define(_TUPLE, "t\x91", -1)  # down to the last MARK
+_define(_TUPLE, "t", -1)  # down to the last MARK
 _define(_PUT, "q", 1)
 _define(_PUT, "r", 4)
-_define(_PUT, "p", -1)  # a line
-_define(_PUT, "\x94", 0)  # MEMOIZE: the next index
 _define(_GET, "h", 1)
 _define(_GET, "j", 4)
-_define(_GET, "g", -1)
 _define(_MARK, "(")
-_define(_POP, "0")
-_define(_DUP, "2")
 _define(_SKIP, "\x80", 1)  # PROTO
-_define(_FRAME, "\x95", 8)
 _define(_STOP, ".")
-for _op, _effect in (("l", (None, True)), ("d", (None, True)), ("a", (1, False)),
-                     ("e", (None, False)), ("s", (2, False)), ("u", (None, False)),
-                     ("\x90", (None, False)), ("1", (None, False)), ("\x93", (2, True)),
-                     ("R", (2, True)), ("b", (1, False)), ("Q", (1, True)), ("\x81", (2, True)),
-                     ("\x92", (3, True)), ("o", (None, True)), ("i", (None, True)),
-                     ("\x98", (1, True))):
-  _define(_POPS, _op, 2 if _op == "i" else 0)  # INST: a mark's items, and two lines
+for _op, _effect in (("a", (1, False)), ("e", (None, False)), ("s", (2, False)),
+                     ("u", (None, False)), ("R", (2, True)), ("b", (1, False)),
+                     ("Q", (1, True))):  # APPEND(S) SETITEM(S) REDUCE BUILD BINPERSID
+  _define(_POPS, _op)
   _EFFECT[ord(_op)] = _effect
 
 
@@ -256,10 +249,10 @@ def _malformed(why: str) -> UnsupportedFile:
 
 def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
   """Walks the pickle that starts at data[pos] (up to its STOP) before the C unpickler loads
-  it, simulating its stack. Refuses a pickle whose arguments or frames declare more bytes
-  than follow, or whose memo indices skip ahead (the unpickler allocates what is declared
-  before reading it), and one that nests tuples more than MAX_NESTING deep (hashing such a
-  tuple, as a dict key, recurses in C without a guard)."""
+  it, simulating its stack. Refuses an opcode that torch.save's state_dicts do not use, an
+  argument that declares more bytes than follow, a memo index that skips ahead (the
+  unpickler sizes its memo by it), and tuples nested more than MAX_NESTING deep (hashing
+  such a tuple, as a dict key, recurses in C without a guard)."""
   stack: list[int] = []  # each item's tuple nesting depth
   marks: list[int] = []
   memo: dict[int, int] = {}
@@ -274,14 +267,6 @@ def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
     del stack[start:]
     return items
 
-  def line() -> bytes:
-    nonlocal pos
-    end = data.find(b"\n", pos, size)
-    if end < 0:
-      raise _malformed("a line argument is cut short")
-    text, pos = data[pos:end], end + 1
-    return text
-
   try:
     while True:
       op = data[pos]
@@ -294,32 +279,28 @@ def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
         stack.append(0)
       elif kind == _PUSH_COUNTED:
         n = sizes[op]
-        length = int.from_bytes(data[pos:pos + n], little, signed=n == 4)
+        length = int.from_bytes(data[pos:pos + n], little)
         pos += n + length
-        if length < 0 or pos > size:
+        if pos > size:
           raise _malformed(f"an argument declares {length} bytes, more than remain")
         stack.append(0)
       elif kind == _PUT:
         n = sizes[op]
-        index = len(memo) if n == 0 else int(line()) if n < 0 else int.from_bytes(
-            data[pos:pos + n], little)
-        pos += max(n, 0)
-        if index > len(memo):  # the unpickler sizes its memo by the largest index
+        index = int.from_bytes(data[pos:pos + n], little)
+        pos += n
+        if index > len(memo):
           raise UnsupportedFile(f"its pickle stores at memo index {index} of {len(memo)}")
         memo[index] = stack[-1]
       elif kind == _GET:
         n = sizes[op]
-        index = int(line()) if n < 0 else int.from_bytes(data[pos:pos + n], little)
-        pos += max(n, 0)
-        stack.append(memo[index])
+        stack.append(memo[int.from_bytes(data[pos:pos + n], little)])
+        pos += n
       elif kind == _TUPLE:
         depth = 1 + max(pop(sizes[op]), default=0)
         if depth > MAX_NESTING:
           raise UnsupportedFile(f"its pickle nests tuples more than {MAX_NESTING} deep")
         stack.append(depth)
       elif kind == _POPS:
-        for _ in range(sizes[op]):
-          line()
         count, push = _EFFECT[op]
         pop(-1 if count is None else count)
         if push:
@@ -328,29 +309,20 @@ def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
         marks.append(len(stack))
       elif kind == _PUSH_LINES:
         for _ in range(sizes[op]):
-          line()
+          end = data.find(b"\n", pos, size)
+          if end < 0:
+            raise _malformed("a line argument is cut short")
+          pos = end + 1
         stack.append(0)
-      elif kind == _POP:
-        if marks and marks[-1] == len(stack):
-          marks.pop()
-        else:
-          pop(1)
-      elif kind == _DUP:
-        stack.append(stack[-1])
       elif kind == _SKIP:
-        pos += 1
-      elif kind == _FRAME:
-        length = int.from_bytes(data[pos:pos + 8], little)
-        pos += 8
-        if length > size - pos:  # the unpickler allocates a frame before reading it
-          raise UnsupportedFile(f"its pickle declares a frame of {length} bytes where "
-                                f"{size - pos} remain")
+        pos += sizes[op]
       elif kind == _STOP:
         if pos > size:
           raise _malformed("an argument is cut short")
         return
       else:
-        raise _malformed(f"opcode 0x{op:02x} is unknown")
+        raise UnsupportedFile(f"its pickle uses opcode {_OPCODE_NAMES.get(op, hex(op))}, which "
+                              "torch.save's state_dicts do not (refused)")
   except (IndexError, KeyError):
     raise _malformed("it ends early, or reads what it never stored") from None
 
