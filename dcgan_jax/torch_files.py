@@ -33,7 +33,7 @@ import pickletools
 import struct
 import zipfile
 import zlib
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import ml_dtypes
 import numpy as np

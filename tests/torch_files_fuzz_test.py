@@ -10,6 +10,7 @@ read exactly as the unmutated file does."""
 
 import collections
 import io
+import pickle
 import pickletools
 import tracemalloc
 import zipfile
@@ -58,7 +59,7 @@ def _mutate_pickle(rng: np.random.Generator, data: bytes) -> bytes:
     if ints:
       j = ints[int(rng.integers(len(ints)))]
       value = INTERESTING[int(rng.integers(len(INTERESTING)))]
-      return data[:cut[j]] + torch_files.pickle.dumps(value, 2)[2:-1] + data[cut[j + 1]:]
+      return data[:cut[j]] + pickle.dumps(value, 2)[2:-1] + data[cut[j + 1]:]
   if kind == 1:
     return data[:start] + data[end:]
   if kind == 2:
@@ -112,7 +113,7 @@ def _mutate(rng: np.random.Generator, fmt: str, data: bytes) -> bytes:
   # legacy: the body pickle follows magic, protocol and sys_info
   stream = io.BytesIO(data)
   for _ in range(3):
-    torch_files.pickle.load(stream)
+    pickle.load(stream)
   start = stream.tell()
   end = start + max(pos for _, _, pos in pickletools.genops(data[start:])) + 1
   return data[:start] + _mutate_pickle(rng, data[start:end]) + data[end:]
