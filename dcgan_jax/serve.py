@@ -39,7 +39,6 @@ from dcgan_jax.serve_page import PAGE
 
 MAX_IMAGES = 64  # the compiled batch; a grid shows up to this many
 MAX_FRAMES = 16
-_MAX_SEED = sampling.MAX_SEED
 MAX_CONNECTIONS = 16  # connections served at once, a thread each; more wait to be accepted
 CONNECTION_TIMEOUT_S = 20.0  # an idle or slow connection is closed after this long
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -118,7 +117,7 @@ class Explorer:
             "channels": c.channels, "nz": c.nz, "bn_mode": self.bn_mode,
             "checkpoints": {k: step for k, (_, step) in self.states.items()},
             "ema": sorted(k for k, v in self.ema.items() if v is not None),
-            "max_images": MAX_IMAGES, "max_frames": MAX_FRAMES, "max_seed": _MAX_SEED,
+            "max_images": MAX_IMAGES, "max_frames": MAX_FRAMES, "max_seed": sampling.MAX_SEED,
             "compilations": self.compilations}
 
   def metrics(self) -> dict:
@@ -215,10 +214,10 @@ def make_app(explorer: Explorer, hosts: frozenset[str] | None = None):
       return png(explorer.losses_png())
     which, ema = _which(request)
     if endpoint == "grid":
-      return png(explorer.grid(_int(request, "seed", 0, 0, _MAX_SEED),
+      return png(explorer.grid(_int(request, "seed", 0, 0, sampling.MAX_SEED),
                                _int(request, "n", 16, 1, MAX_IMAGES), which, ema))
-    return png(explorer.interpolation(_int(request, "seed_a", 0, 0, _MAX_SEED),
-                                      _int(request, "seed_b", 1, 0, _MAX_SEED),
+    return png(explorer.interpolation(_int(request, "seed_a", 0, 0, sampling.MAX_SEED),
+                                      _int(request, "seed_b", 1, 0, sampling.MAX_SEED),
                                       _int(request, "frames", 8, 2, MAX_FRAMES), which, ema))
 
   @Request.application

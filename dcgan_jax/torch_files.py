@@ -327,16 +327,21 @@ def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
     raise _malformed("it ends early, or reads what it never stored") from None
 
 
-def _read_member(archive: zipfile.ZipFile, name: str, size: int, needed: int,
-                 what: str) -> bytes:
-  """The first `needed` bytes of a member that must hold exactly `size` bytes, read as a
-  stream; the rest is read through (never kept) to check its length and CRC."""
+def _member(archive: zipfile.ZipFile, name: str, size: int, what: str) -> zipfile.ZipInfo:
+  """The member's entry, if it is not encrypted and its header says it holds `size` bytes."""
   info = archive.getinfo(name)
   if info.flag_bits & 0x1:
     raise UnsupportedFile(f"{what} is encrypted")
   if info.file_size != size:
     raise UnsupportedFile(f"{what} holds {info.file_size:,} bytes where {size:,} are declared")
-  with archive.open(info) as member:
+  return info
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, size: int, needed: int,
+                 what: str) -> bytes:
+  """The first `needed` bytes of a member that must hold exactly `size` bytes, read as a
+  stream; the rest is read through (never kept) to check its length and CRC."""
+  with archive.open(_member(archive, name, size, what)) as member:
     head = member.read(needed)
     rest = 0
     while chunk := member.read(min(_CHUNK, size + 1 - needed - rest)):
@@ -357,8 +362,10 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
     prefix = pickles[0][:-len("data.pkl")]
     byteorder = "little"
     if f"{prefix}byteorder" in names:
-      info = archive.getinfo(f"{prefix}byteorder")
-      byteorder = _read_member(archive, info.filename, info.file_size, min(info.file_size, 8),
+      size = archive.getinfo(f"{prefix}byteorder").file_size
+      if size > 16:  # 'little' or 'big', perhaps with a newline
+        raise UnsupportedFile(f"its byteorder record is {size:,} bytes")
+      byteorder = _read_member(archive, f"{prefix}byteorder", size, size,
                                "the byteorder record").decode("ascii", "replace").strip()
       if byteorder not in ("little", "big"):
         raise UnsupportedFile(f"its byteorder record says {byteorder!r}")
@@ -379,43 +386,43 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
     refs = _tensors(_RestrictedUnpickler(io.BytesIO(data), load_storage).load())
     needed = _check_tensors(refs)
     order = "<" if byteorder == "little" else ">"
-    for storage in {id(r.storage): r.storage for r in refs.values()}.values():
-      name = f"{prefix}data/{storage.key}"
-      if name not in archive.NameToInfo:
-        raise UnsupportedFile(f"storage {_short(storage.key)!r} is missing from the archive")
-      item, dtype = storage.dtype.itemsize, storage.dtype.newbyteorder(order)
-      what = f"storage {_short(storage.key)!r}"
-      info = archive.NameToInfo[name]
-      if info.compress_type == zipfile.ZIP_STORED and needed[id(storage)] == storage.numel:
-        storage.data = _read_stored(path, info, storage.numel * item, dtype, what)
-      else:
-        raw = _read_member(archive, name, storage.numel * item, needed[id(storage)] * item, what)
-        storage.data = np.frombuffer(raw, dtype)
+    with open(path, "rb") as raw_file:  # torch.save's uncompressed members are read from it
+      file_size = os.fstat(raw_file.fileno()).st_size
+      for storage in {id(r.storage): r.storage for r in refs.values()}.values():
+        name, what = f"{prefix}data/{storage.key}", f"storage {_short(storage.key)!r}"
+        if name not in archive.NameToInfo:
+          raise UnsupportedFile(f"{what} is missing from the archive")
+        item, dtype = storage.dtype.itemsize, storage.dtype.newbyteorder(order)
+        size, reach = storage.numel * item, needed[id(storage)] * item
+        info = _member(archive, name, size, what)
+        if info.compress_type == zipfile.ZIP_STORED and reach == size:
+          storage.data = _read_stored(raw_file, file_size, info, dtype, what)
+        else:
+          storage.data = np.frombuffer(_read_member(archive, name, size, reach, what), dtype)
   return _arrays(refs)
 
 
-def _read_stored(path: str, info: zipfile.ZipInfo, size: int, dtype: np.dtype,
+def _read_stored(f: BinaryIO, file_size: int, info: zipfile.ZipInfo, dtype: np.dtype,
                  what: str) -> np.ndarray:
-  """An uncompressed member (as torch.save writes them) of exactly `size` bytes, read straight
-  into an array of its own and checked against its local header and CRC."""
-  if info.flag_bits & 0x1:
-    raise UnsupportedFile(f"{what} is encrypted")
-  if info.file_size != size or info.compress_size != size:
-    raise UnsupportedFile(f"{what} holds {info.file_size:,} bytes where {size:,} are declared")
-  with open(path, "rb") as f:
-    f.seek(info.header_offset)
-    header = f.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-      raise UnsupportedFile(f"{what}: its local header is damaged")
-    name_length, extra_length = struct.unpack("<HH", header[26:30])
-    if f.read(name_length) != info.orig_filename.encode("utf-8"):
-      raise UnsupportedFile(f"{what}: its local header names another member")
-    f.seek(extra_length, os.SEEK_CUR)
-    if size > os.fstat(f.fileno()).st_size - f.tell():
-      raise UnsupportedFile(f"{what} is cut short")
-    data = np.empty(size // dtype.itemsize, dtype)
-    if f.readinto(data.view(np.uint8)) != size:
-      raise UnsupportedFile(f"{what} is cut short")
+  """An uncompressed member (as torch.save writes them), its size checked by _member, read
+  from the archive's file f straight into an array of its own and checked against its local
+  header and CRC."""
+  size = info.file_size
+  if info.compress_size != size:
+    raise UnsupportedFile(f"{what} is stored in {info.compress_size:,} bytes, not {size:,}")
+  f.seek(info.header_offset)
+  header = f.read(30)
+  if len(header) != 30 or header[:4] != b"PK\x03\x04":
+    raise UnsupportedFile(f"{what}: its local header is damaged")
+  name_length, extra_length = struct.unpack("<HH", header[26:30])
+  if f.read(name_length) != info.orig_filename.encode("utf-8"):
+    raise UnsupportedFile(f"{what}: its local header names another member")
+  f.seek(extra_length, os.SEEK_CUR)
+  if size > file_size - f.tell():
+    raise UnsupportedFile(f"{what} is cut short")
+  data = np.empty(size // dtype.itemsize, dtype)
+  if f.readinto(data.view(np.uint8)) != size:
+    raise UnsupportedFile(f"{what} is cut short")
   if zlib.crc32(data.view(np.uint8)) != info.CRC:
     raise UnsupportedFile(f"{what} fails its CRC-32 check")
   return data

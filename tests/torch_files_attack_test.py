@@ -177,6 +177,9 @@ CRAFTED = {  # name: (writer(path), what the one line must say)
     "byteorder_junk": (_zip_tensors({"w": P.tensor(P.storage_pid("0", 1), (1,), (1,))},
                                     {"0": ONE_FLOAT}, byteorder=b"\x00middle"),
                        r"byteorder record says"),
+    "byteorder_record_of_4_KiB": (_zip_tensors({"w": P.tensor(P.storage_pid("0", 1), (1,), (1,))},
+                                               {"0": ONE_FLOAT}, byteorder=b"little" + bytes(4090)),
+                                  r"byteorder record is 4,096 bytes"),
     "tensor_on_a_string": (_raw_zip(P.dumps({"w": P.Call(P.Global(
         "torch._utils", "_rebuild_tensor_v2"), "storage", 0, (1,), (1,), False, None)})),
                            r"built on a str, not a storage"),
