@@ -67,7 +67,7 @@ def _exit_with(message: str, status: int = 2) -> None:
 
 
 def _flag_error(e: Exception, argv: list[str]) -> str:
-  """One line for a bad flag, config file or config field."""
+  """Formats one line for a bad flag, config file or config field."""
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   if isinstance(e, flags.Error) and "Error whilst parsing config file" in str(e):
     return f"{lines[0].removesuffix(':')} ({lines[-1]})"  # the file's own error, last
@@ -90,7 +90,7 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with bad flags as one line on stderr and exit status 2."""
+  """Parses the flags with absl, with bad flags as one line on stderr and exit status 2."""
   try:
     rest = FLAGS(argv)
     FLAGS.config.to_dict()  # loads the config file, which ml_collections does lazily
@@ -110,37 +110,38 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-  from dcgan_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top  # each mode loads only what it needs
+  from dcgan_jax import checkpoint, parallel
   checkpoint.silence_failed_read_reports()
-  # pylint: disable-next=g-import-not-at-top
-  from dcgan_jax import configuration, eval_run, parallel, sampling, train
 
   try:
     multi = ("coordinator_address", "num_processes", "process_id", "distributed")
     if FLAGS.mode != "train" and any(FLAGS[name].present for name in multi):
       raise UsageError(f"--mode {FLAGS.mode} runs in one process: leave out "
                        "--coordinator_address, --num_processes, --process_id and --distributed")
-    if FLAGS.mode == "train" and parallel.initialize(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed):
-      if not parallel.is_primary():
-        logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
     if FLAGS.mode == "train":
-      configuration.check_fields(FLAGS.config, configuration.load_config_file())
+      from dcgan_jax import train
+      if parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                             FLAGS.distributed) and not parallel.is_primary():
+        logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "sample":
+      from dcgan_jax import sampling
       paths = sampling.sample_from_workdir(
           FLAGS.workdir, FLAGS.sample_seed, FLAGS.num_images, FLAGS.grid_size, FLAGS.bn_mode,
           FLAGS.interpolation_frames, FLAGS.checkpoint, FLAGS.ema)
       logging.info("wrote %s%s", paths[0],
                    f" and {len(paths) - 1} files beside it" if len(paths) > 1 else "")
     elif FLAGS.mode == "serve":
-      from dcgan_jax import serve  # pylint: disable=g-import-not-at-top
+      from dcgan_jax import serve
       serve.serve(FLAGS.workdir, FLAGS.host, FLAGS.port)
     else:
+      from dcgan_jax import eval_run
       report = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.evaluator, FLAGS.inception_weights,
                                          FLAGS.eval_num_samples, FLAGS.bn_mode)
       print(eval_run.format_report(report))
       logging.info("wrote %s", os.path.join(FLAGS.workdir, "eval.json"))
+  # pylint: enable=g-import-not-at-top
   except UsageError as e:
     _exit_with(str(e))
   except RunError as e:

@@ -122,8 +122,10 @@ def main() -> None:
          images_per_s=rate(args.feed_steps * args.batch_size, time.perf_counter() - t0))
 
     import jax  # pylint: disable=g-import-not-at-top
-    prefetcher = input_pipeline.Prefetcher(lambda s: jax.device_put(batches[s]), 0,
-                                           args.feed_steps, size=2)
+    def to_device(step: int) -> jax.Array:
+      return jax.device_put(batches[step])
+
+    prefetcher = input_pipeline.Prefetcher(to_device, range(args.feed_steps), size=2)
     t0 = time.perf_counter()
     for batch in prefetcher:
       batch.block_until_ready()

@@ -51,7 +51,7 @@ def _gan(args, mesh):
 
   return steps.GAN(Generator(args.image_size, args.channels, args.ngf, args.upconv_impl),
                    Discriminator(args.image_size, args.ndf, args.downconv_impl),
-                   steps.Adam(), steps.Adam(), nz=args.nz, batch_size=args.batch_size,
+                   steps.Adam(), steps.Adam(), nz=args.nz,
                    batch_sharding=parallel.batch_sharding(mesh))
 
 

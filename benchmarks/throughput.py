@@ -68,7 +68,7 @@ def _jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32")
   return steps.GAN(Generator(args.image_size, args.channels, args.ngf, upconv_impl, dtype),
                    Discriminator(args.image_size, args.ndf, downconv_impl, dtype),
                    steps.Adam(), steps.Adam(),
-                   nz=args.nz, batch_size=args.batch_size)
+                   nz=args.nz)
 
 
 def _window_ms(run_steps, sync, steps: int) -> float:

@@ -1,7 +1,7 @@
 """The embedded default: DCGAN on 5,000 MNIST digits at 32x32, offline, on CPU.
 
 Every preset imports this file and overrides fields; any field can be set from
-the command line, e.g. `--config.batch_size=128`.
+the command line, e.g. `--config.batch_size=128`. Each field's note is above it.
 """
 
 import ml_collections
@@ -11,34 +11,42 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data.
-  config.dataset = "embedded"  # 'embedded', 'imagefolder' or 'tfds:<name>' (e.g. 'tfds:celeb_a')
-  config.data_dir = ""  # imagefolder: the folder of images; tfds: the data dir ('' = default)
+  # 'embedded', 'imagefolder' or 'tfds:<name>' (e.g. 'tfds:celeb_a').
+  config.dataset = "embedded"
+  # imagefolder: the folder of images; tfds: the data dir ('' = tfds's default).
+  config.data_dir = ""
   config.split = "train"  # tfds split
   config.image_size = 32  # 32, 64 or 128
   config.channels = 1  # 1 (grayscale) or 3 (RGB); images are converted to this
-  config.cache_dir = ""  # decoded-image cache; '' = $XDG_CACHE_HOME/dcgan_jax or ~/.cache/dcgan_jax
-  config.strict_data = False  # unreadable images: False skips them (logged), True stops the run
+  # The decoded-image cache; '' = $XDG_CACHE_HOME/dcgan_jax or ~/.cache/dcgan_jax.
+  config.cache_dir = ""
+  config.strict_data = False  # unreadable images: False skips them (logged), True stops
   config.decode_workers = 0  # workers decoding images into the cache; 0 = all cores
-  config.jpeg_draft = False  # imagefolder: decode JPEGs at reduced DCT scale (~2x faster, not
-  #                            the tutorial's exact pixels); part of the cache key
-  config.max_image_pixels = 120_000_000  # imagefolder: larger images (width x height, read
-  #                                       from the header) are skipped as unreadable ones are
+  # imagefolder: decode JPEGs at reduced DCT scale (~2x faster, not the tutorial's exact
+  # pixels); part of the cache key.
+  config.jpeg_draft = False
+  # imagefolder: larger images (width x height, read from the header) are skipped as
+  # unreadable ones are.
+  config.max_image_pixels = 120_000_000
   config.prefetch_batches = 2  # batches prepared ahead on a background thread
-  config.data_on_device = False  # hold the whole uint8 dataset on the accelerator, gather there
-  config.num_devices = 0  # data parallelism: devices in the 1-D 'data' mesh (0 = all); the
-  #                         batch is split over them and must divide by their number
-  config.steps_per_dispatch = 25  # iterations per jitted call (lax.scan over batches held on
-  #                                 the device); chunks end on every log/sample/checkpoint/eval
-  #                                 step, so each length compiles once; 1: a call per step
+  config.data_on_device = False  # hold the uint8 dataset on the accelerator, gather there
+  # Data parallelism: devices in the 1-D 'data' mesh (0 = all); the batch is split over them
+  # and must divide by their number.
+  config.num_devices = 0
+  # Iterations per jitted call (lax.scan over batches held on the device); chunks end on
+  # every log/sample/checkpoint/eval step, so each length compiles once; 1: a call per step.
+  config.steps_per_dispatch = 25
 
   # Models: the PyTorch DCGAN tutorial's topology.
   config.nz = 100  # latent size
   config.ngf = 32  # generator width (the widest layer is ngf * image_size / 8)
   config.ndf = 32  # discriminator width
-  config.upconv_impl = "auto"  # G's transposed convs: 'auto', 'xla', 'phase', 'matmul' or 'col2im' (same maths)
+  # G's transposed convs: 'auto', 'xla', 'phase', 'matmul' or 'col2im' (same maths).
+  config.upconv_impl = "auto"
   config.downconv_impl = "auto"  # D's strided convs: 'auto', 'xla' or 'matmul' (same maths)
-  config.compute_dtype = "float32"  # 'bfloat16': mixed precision (params, optimizer, BatchNorm
-  #                                   statistics, images and logits stay float32)
+  # 'bfloat16': mixed precision (params, optimizer, BatchNorm statistics, images and logits
+  # stay float32).
+  config.compute_dtype = "float32"
 
   # Optimisation: Adam for both networks, as in the paper.
   config.batch_size = 64
@@ -50,9 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
   config.label_smoothing = 0.0  # one-sided: D's real target is 1 - label_smoothing
-  config.g_ema_decay = 0.0  # > 0: also keep an exponential moving average of G's parameters,
-  #                           ema = decay * ema + (1 - decay) * params after every G step;
-  #                           evaluated alongside G (metrics prefixed ema_)
+  # > 0: also keep an exponential moving average of G's parameters, ema = decay * ema +
+  # (1 - decay) * params after every G step; evaluated alongside G (metrics prefixed ema_).
+  config.g_ema_decay = 0.0
 
   # Reproducibility: fixes initialisation, noise, data order and the sample noise.
   config.seed = 0
@@ -66,14 +74,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_checkpoints_to_keep = 3  # older checkpoints are deleted; 0 keeps all
 
   # Evaluation: image quality during training (columns of metrics.csv) and with --mode eval.
-  config.evaluator = "classifier"  # 'classifier': the project's digit classifier (1-channel
-  #   digits; classifier_fid, classifier_kid, class histogram); 'inception': the FID
-  #   Inception (fid, kid; needs inception_weights); '': no evaluation
+  # 'classifier': the project's digit classifier (1-channel digits; classifier_fid,
+  # classifier_kid, class histogram); 'inception': the FID Inception (fid, kid; needs
+  # inception_weights); '': no evaluation.
+  config.evaluator = "classifier"
   config.eval_every_steps = 1000  # evaluate every this many steps and at the end; 0 = never
-  config.eval_num_samples = 10000  # generated images per evaluation; also the most real
-  #   images in the reference (the embedded digits: the classifier's 4,000 training digits)
-  config.inception_weights = ""  # path of pt_inception-2015-12-05-6726825d.pth (README)
-  config.best_metric = "auto"  # lowest value keeps a checkpoint in workdir/best; 'auto': the
-  #   FID of G's EMA if g_ema_decay > 0, else of G
+  # Generated images per evaluation; also the most real images in the reference (the
+  # embedded digits: the classifier's 4,000 training digits).
+  config.eval_num_samples = 10000
+  config.inception_weights = ""  # path of pt_inception-2015-12-05-6726825d.pth (docs/guide.md)
+  # The lowest value keeps a checkpoint in workdir/best; 'auto': the FID of G's EMA if
+  # g_ema_decay > 0, else of G.
+  config.best_metric = "auto"
 
   return config

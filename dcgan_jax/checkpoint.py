@@ -12,12 +12,15 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from dcgan_jax import parallel, steps
 from dcgan_jax.errors import RunError, UsageError
 from dcgan_jax.steps import TrainState
 
@@ -31,7 +34,7 @@ class IncompatibleCheckpoint(UsageError):
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  """{'g_params/UpConv_2/kernel': shape, ...} of a pytree of arrays or array metadata."""
+  """Returns {'g_params/UpConv_2/kernel': shape, ...} of a pytree of arrays or array metadata."""
   def name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
                     for k in path)
@@ -40,7 +43,7 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
 
 
 def root_cause(e: BaseException) -> str:
-  """The first line of the innermost exception behind e (Orbax wraps TensorStore's)."""
+  """Returns the first line of the innermost exception behind e (Orbax wraps TensorStore's)."""
   while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
     e = e.__cause__ or e.__context__
   text = str(e).strip()
@@ -52,7 +55,7 @@ def _is_closed_loop_report(value: BaseException | None) -> bool:
 
 
 def _is_failed_read(value: BaseException | None) -> bool:
-  """A TensorStore read that failed (its errors carry the spec of what was read)."""
+  """Returns a TensorStore read that failed (its errors carry the spec of what was read)."""
   text = str(value) if value is not None else ""
   return "tensorstore_spec" in text and ("Error reading" in text or "Error opening" in text)
 
@@ -135,7 +138,7 @@ class Checkpointer:
         step, args=ocp.args.Composite(default=ocp.args.StandardRestore(abstract)))["default"]
 
   def extra(self, step: int) -> dict:
-    """The JSON dict saved with `step` ({} for checkpoints written without one)."""
+    """Returns the JSON dict saved with `step` ({} for checkpoints written without one)."""
     if not os.path.isdir(os.path.join(self.directory, str(step), "extra")):
       return {}
     try:
@@ -170,7 +173,7 @@ class Checkpointer:
 
   def restore(self, template: TrainState, step: int | None = None,
               sharding: jax.sharding.Sharding | None = None) -> TrainState:
-    """The checkpoint at `step` (default: latest), shaped like `template` (arrays
+    """Returns the checkpoint at `step` (default: latest), shaped like `template` (arrays
     or jax.ShapeDtypeStruct leaves), its arrays placed with `sharding` (default: on the first
     device), whatever devices wrote it.
 
@@ -229,7 +232,7 @@ class BestCheckpointer(Checkpointer):
       self._best = float(saved.get(metric, math.inf))
 
   def best_value(self) -> float:
-    """The metric of the kept checkpoint (inf when there is none)."""
+    """Returns the metric of the kept checkpoint (inf when there is none)."""
     return self._best
 
   def offer(self, state: TrainState, value: float) -> bool:
@@ -240,3 +243,80 @@ class BestCheckpointer(Checkpointer):
     if saved:
       self._best = value
     return saved
+
+
+def has_steps(directory: str) -> bool:
+  """Tells whether a checkpoint folder holds any step (committed or not)."""
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def restore_newest(directory: str, template: TrainState) -> tuple[TrainState, int] | None:
+  """Reads the newest checkpoint of a folder for use (sampling, evaluation, export), on the
+  first device; None when the folder holds none.
+
+  Raises IncompatibleCheckpoint for another model's checkpoint and RunError naming the
+  checkpoint when it cannot be read.
+  """
+  ckpt = Checkpointer(directory, create=False)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      return None
+    ckpt.check_fits(template, step)
+    try:
+      return ckpt.restore(template), step
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises plain Exceptions
+      raise RunError(f"the checkpoint {directory}/{step} cannot be read "
+                     f"({root_cause(e)})") from e
+  finally:
+    ckpt.close()
+
+
+def restore_or_init(ckpt: Checkpointer, gan: steps.GAN, seed: int,
+                    sharding: jax.sharding.Sharding) -> tuple[TrainState, dict]:
+  """Returns (state, extra) of the newest readable checkpoint, or a freshly initialised state
+  and {}, placed with `sharding` (a checkpoint written with any number of devices and
+  processes).
+
+  A checkpoint of another model is refused (IncompatibleCheckpoint); damaged ones (files
+  that cannot be read back) are moved to `<folder>_damaged/` when an older checkpoint can be
+  read, and the run resumes from that one. With none readable, a RunError names the newest
+  and touches nothing.
+  """
+  if ckpt.latest_step() is None:
+    return steps.init_train_state(gan, seed, sharding), {}
+  template = steps.abstract_train_state(gan)
+  damaged: list[tuple[int, str]] = []
+  for step in reversed(ckpt.all_steps()):
+    try:
+      ckpt.check_fits(template, step)
+      state = ckpt.restore(template, step, sharding=sharding)
+      extra = ckpt.extra(step)
+    except IncompatibleCheckpoint:
+      raise  # another model: refused, whatever the checkpoint's age
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises plain Exceptions
+      damaged.append((step, root_cause(e)))
+      continue
+    if damaged:
+      _set_aside(ckpt, [s for s, _ in damaged])
+      logging.getLogger(__name__).warning(
+          "checkpoint step %d cannot be read (%s); moved to %s_damaged; resuming from step %d",
+          damaged[0][0], damaged[0][1], ckpt.directory, step)
+    return state, extra
+  step, why = damaged[0]
+  raise RunError(f"no checkpoint in {ckpt.directory} can be read (the newest, step {step}: "
+                 f"{why}); move that folder away to start the run again")
+
+
+def _set_aside(ckpt: Checkpointer, damaged_steps: list[int]) -> None:
+  """Moves damaged step folders to <folder>_damaged/ (process 0), so that the run can save
+  those steps again; nothing is deleted."""
+  if parallel.is_primary():
+    for step in damaged_steps:
+      target = os.path.join(f"{ckpt.directory}_damaged", str(step))
+      if os.path.exists(target):
+        target = f"{target}.{time.strftime('%Y%m%d-%H%M%S')}"
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(ckpt.directory, str(step)), target)
+  parallel.sync("dcgan_jax:damaged_checkpoints")
+  ckpt.reload()

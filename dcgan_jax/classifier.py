@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import time
 
 import flax.linen as nn
 import flax.serialization
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from PIL import Image
 
 from dcgan_jax import decode, input_pipeline
@@ -52,7 +54,7 @@ class Split:
 
 
 def held_out_mask(labels: np.ndarray) -> np.ndarray:
-  """True for the last HELD_OUT_PER_CLASS digits of each class (in file order)."""
+  """Returns True for the last HELD_OUT_PER_CLASS digits of each class (in file order)."""
   held_out = np.zeros(len(labels), bool)
   for c in range(10):
     held_out[np.flatnonzero(labels == c)[-HELD_OUT_PER_CLASS:]] = True
@@ -60,7 +62,7 @@ def held_out_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def embedded_split() -> Split:
-  """The embedded digits at 32x32 (the embedded default's preprocessing), split per class
+  """Returns the embedded digits at 32x32 (the embedded default's preprocessing), split per class
   by held_out_mask."""
   digits, labels = input_pipeline.embedded_digits()
   images = np.stack([decode.preprocess(Image.fromarray(d), IMAGE_SIZE, 1) for d in digits])
@@ -69,7 +71,7 @@ def embedded_split() -> Split:
 
 
 def _shift(key: jax.Array, images_BxSxSx1: jax.Array, max_shift: int) -> jax.Array:
-  """Each image translated by a random whole number of pixels in [-max_shift, max_shift]."""
+  """Translates each image by a random whole number of pixels in [-max_shift, max_shift]."""
   size = images_BxSxSx1.shape[1]
   padded = jnp.pad(images_BxSxSx1, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)),
                    constant_values=-1.0)
@@ -100,7 +102,7 @@ def apply(model: DigitClassifier, params, images: jax.Array) -> tuple[jax.Array,
 
 def predict(model: DigitClassifier, params, images: np.ndarray, batch_size: int = 500
             ) -> tuple[np.ndarray, np.ndarray]:
-  """Predicted classes (N,) and features (N, F) of float images in [-1, 1], in batches."""
+  """Returns predicted classes (N,) and features (N, F) of float images in [-1, 1], in batches."""
   classes, features = [], []
   for i in range(0, len(images), batch_size):
     logits, feats = apply(model, params, jnp.asarray(images[i:i + batch_size], jnp.float32))
@@ -134,7 +136,7 @@ def train(split: Split, seed: int = 0, epochs: int = 12, batch_size: int = 100,
 
 def load_or_train(cache_dir: str | pathlib.Path, seed: int = 0
                   ) -> tuple[DigitClassifier, dict, float]:
-  """The classifier from cache_dir, trained and stored there on first use."""
+  """Returns the classifier from cache_dir, trained and stored there on first use."""
   path = pathlib.Path(cache_dir) / f"digit_classifier_v{VERSION}_seed{seed}.msgpack"
   meta_path = path.with_suffix(".json")
   model = DigitClassifier()
@@ -150,7 +152,11 @@ def load_or_train(cache_dir: str | pathlib.Path, seed: int = 0
       raise UsageError(f"{path}: the cached digit classifier cannot be read ({type(e).__name__}); "
                        "delete it and its .json to train it again") from e
     return model, params, accuracy
+  logging.info("training the digit classifier that measures image quality (once; about a "
+               "minute on 2 CPU cores), cached as %s", path)
+  t0 = time.perf_counter()
   model, params, accuracy = train(embedded_split(), seed)
+  logging.info("digit classifier trained in %.0f s", time.perf_counter() - t0)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
   tmp.write_bytes(flax.serialization.to_bytes(params))

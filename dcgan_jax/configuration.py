@@ -1,5 +1,6 @@
 """Config checks (before anything is written) and quantities derived from a config."""
 
+import difflib
 import importlib.util
 import math
 import os
@@ -33,7 +34,7 @@ DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspa
 
 
 def load_config_file(path: str = DEFAULT_CONFIG_FILE):
-  """The ConfigDict of a config file's get_config() (configs/default.py's by default)."""
+  """Returns the ConfigDict of a config file's get_config() (configs/default.py's by default)."""
   spec = importlib.util.spec_from_file_location("dcgan_jax_config_file", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -66,12 +67,16 @@ def check_fields(config, reference) -> None:
                        f"must be a {type(default).__name__}")
   unknown = sorted(set(have) - set(want))
   if unknown:
-    raise UsageError(f"config.{unknown[0]} is not a field of configs/default.py (a misspelt "
-                     "field would be ignored)")
+    close = difflib.get_close_matches(unknown[0], want, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UsageError(f"config.{unknown[0]} is not a field of configs/default.py ({hint}a "
+                     "misspelt field would be ignored)")
 
 
 def validate(config) -> None:
-  """Raises UsageError naming the first field whose value cannot work."""
+  """Raises UsageError naming the first field that configs/default.py lacks, is missing, is of
+  another type, or whose value cannot work."""
+  check_fields(config, load_config_file())
   c = config
   _require(c.image_size in SUPPORTED_IMAGE_SIZES, "image_size", c.image_size,
            f"is not supported; choose one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
@@ -138,7 +143,7 @@ def _check_paths(c) -> None:
 
 
 def _creatable(path: str) -> bool:
-  """Whether path is a folder, or the first of its ancestors that exists is a writable one."""
+  """Tells whether path is a folder, or the first of its ancestors that exists is a writable one."""
   path = os.path.abspath(os.path.expanduser(path))
   while not os.path.exists(path):
     parent = os.path.dirname(path)
@@ -169,7 +174,7 @@ def _validate_evaluation(c) -> None:
 
 
 def total_steps(config, num_images: int) -> int:
-  """num_train_steps, or num_epochs worth of full batches when it is -1 (UsageError if that
+  """Returns num_train_steps, or num_epochs worth of full batches when it is -1 (UsageError if that
   is more than the step counter holds)."""
   if config.num_train_steps != -1:
     return config.num_train_steps

@@ -47,7 +47,7 @@ def _strip_prefix(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _conv_indices(state_dict: dict[str, np.ndarray]) -> list[int]:
-  """Sequential indices of the 4-D (convolution) weights, in order."""
+  """Returns sequential indices of the 4-D (convolution) weights, in order."""
   indices = []
   for key, value in state_dict.items():
     parts = key.split(".")
@@ -57,7 +57,7 @@ def _conv_indices(state_dict: dict[str, np.ndarray]) -> list[int]:
 
 
 def _layout(what: str, state_dict: dict[str, np.ndarray], first: str) -> int:
-  """The number of stride-2 layers n (image size 4 * 2**n) that the weights describe."""
+  """Returns the number of stride-2 layers n (image size 4 * 2**n) that the weights describe."""
   convs = _conv_indices(state_dict)
   n = len(convs) - 1
   if n not in (3, 4, 5):
@@ -95,7 +95,8 @@ def _check_all_used(what: str, sd: dict[str, np.ndarray], used: set[str]) -> Non
 
 
 def generator_from_torch(state_dict: dict[str, np.ndarray]) -> tuple[Variables, dict]:
-  """(variables, {image_size, channels, nz, ngf}) of a PyTorch DCGAN generator's state_dict."""
+  """Returns (variables, {image_size, channels, nz, ngf}) of a PyTorch DCGAN generator's
+  state_dict."""
   what, sd, used = "netG", _strip_prefix(state_dict), set()
   n = _layout(what, sd, next(iter(state_dict), "(none)"))
   first = sd["main.0.weight"]
@@ -123,7 +124,8 @@ def generator_from_torch(state_dict: dict[str, np.ndarray]) -> tuple[Variables, 
 
 
 def discriminator_from_torch(state_dict: dict[str, np.ndarray]) -> tuple[Variables, dict]:
-  """(variables, {image_size, channels, ndf}) of a PyTorch DCGAN discriminator's state_dict."""
+  """Returns (variables, {image_size, channels, ndf}) of a PyTorch DCGAN discriminator's
+  state_dict."""
   what, sd, used = "netD", _strip_prefix(state_dict), set()
   n = _layout(what, sd, next(iter(state_dict), "(none)"))
   ndf, channels = sd["main.0.weight"].shape[:2] if "main.0.weight" in sd else (0, 0)
@@ -159,7 +161,7 @@ def _kernel(tree: dict, module: str) -> np.ndarray:
 
 
 def generator_to_torch(variables: Variables) -> collections.OrderedDict:
-  """The PyTorch tutorial's netG state_dict (numpy arrays) of this project's G variables."""
+  """Returns the PyTorch tutorial's netG state_dict (numpy arrays) of this project's G variables."""
   params, stats = variables["params"], variables["batch_stats"]
   n = sum(1 for k in params if k.startswith("UpConv_"))
   out = collections.OrderedDict()
@@ -173,7 +175,7 @@ def generator_to_torch(variables: Variables) -> collections.OrderedDict:
 
 
 def discriminator_to_torch(variables: Variables) -> collections.OrderedDict:
-  """The PyTorch tutorial's netD state_dict (numpy arrays) of this project's D variables."""
+  """Returns the PyTorch tutorial's netD state_dict (numpy arrays) of this project's D variables."""
   params, stats = variables["params"], variables["batch_stats"]
   n = sum(1 for k in params if k.startswith("Conv_")) - 1
   out = collections.OrderedDict()
@@ -196,9 +198,10 @@ def _read(path: str, what: str) -> dict[str, np.ndarray]:
 
 
 def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0) -> dict:
-  """A workdir whose step-0 checkpoint holds the PyTorch G (and D, else a fresh seeded one),
-  fresh Adam states, and a config.json of the embedded default with the models' sizes: it can
-  be sampled with --mode sample, and trained on with the same model fields. Returns those."""
+  """Writes a new workdir whose step-0 checkpoint holds the PyTorch G (and D, else a fresh
+  seeded one), fresh Adam states, and a config.json of the embedded default with the models'
+  sizes: it can be sampled with --mode sample, and trained on with the same model fields.
+  Returns those sizes."""
   g_vars, sizes = generator_from_torch(_read(net_g, "netG"))
   d_vars = None
   if net_d:
@@ -211,9 +214,11 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
   # Both files are read and checked before JAX loads and before anything is written.
   import jax  # pylint: disable=g-import-not-at-top
 
-  from dcgan_jax import checkpoint, configuration, steps, train  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from dcgan_jax import checkpoint, configuration, steps
+  from dcgan_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise UsageError(f"--workdir={workdir!r} already has checkpoints: import into a new one")
   config = configuration.load_config_file()  # configs/default.py
@@ -221,7 +226,7 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
   config.evaluator = "classifier" if sizes["channels"] == 1 and config.evaluator else ""
   for field, value in sizes.items():
     config[field] = value
-  gan = train.build_gan(config)
+  gan = steps.gan_from_config(config)
   state = steps.init_train_state(gan, seed)
   as_jax = lambda tree: jax.tree.map(jax.numpy.asarray, tree)  # noqa: E731
   state = state.replace(g_params=as_jax(g_vars["params"]),
@@ -231,13 +236,13 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
     state = state.replace(d_params=as_jax(d_vars["params"]),
                           d_batch_stats=as_jax(d_vars["batch_stats"]),
                           d_opt_state=gan.d_opt.tx.init(as_jax(d_vars["params"])))
-  train.check_workdir(workdir)
+  workdir_lib.check_writable(workdir)
   ckpt = checkpoint.Checkpointer(ckpt_dir)
   try:
     ckpt.save(state)
   finally:
     ckpt.close()
-  train.write_config(config, workdir)
+  workdir_lib.write_config(config, workdir)
   return {**sizes, "ndf": config.ndf}
 
 
@@ -251,9 +256,9 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
     raise UsageError("export writes .pth files with torch: pip install -e '.[torch]'") from e
   import jax  # pylint: disable=g-import-not-at-top
 
-  from dcgan_jax import sampling  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  _, _, state, _ = sampling.restore_for_sampling(workdir, 1, which)
+  _, _, state, _ = workdir_lib.restore(workdir, which)
   state = jax.device_get(state)
   if ema and state.g_ema_params is None:
     raise UsageError(f"--ema: the run in {workdir!r} kept no EMA of G (config.g_ema_decay is 0)")

@@ -21,7 +21,7 @@ class DecodeError(Exception):
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-  """16- and 32-bit integer grayscale scaled (not clipped) to 8 bits."""
+  """Scales 16- and 32-bit integer grayscale (not clipped) to 8 bits."""
   if image.mode.startswith("I;16"):
     return Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
   if image.mode in ("I", "F"):
@@ -34,13 +34,14 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def to_channels(image: Image.Image, channels: int) -> Image.Image:
-  """Any Pillow image as 'L' (channels=1) or 'RGB' (channels=3)."""
+  """Converts any Pillow image to 'L' (channels=1) or 'RGB' (channels=3)."""
   image = _to_8bit(image)
   return image if image.mode == _MODES[channels] else image.convert(_MODES[channels])
 
 
 def preprocess(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
-  """Resize the shorter side to image_size (bilinear, antialiased), center crop: (S, S, C) uint8."""
+  """Resizes the shorter side to image_size (bilinear, antialiased), center crop: (S, S, C)
+  uint8."""
   image = to_channels(image, channels)
   w, h = image.size
   # torchvision's Resize(int): the shorter side gets image_size, the longer int(size * long / short).
@@ -56,7 +57,7 @@ def preprocess(image: Image.Image, image_size: int, channels: int) -> np.ndarray
 
 def open_image(path: str | pathlib.Path, draft_size: int | None = None,
                max_pixels: int | None = None) -> Image.Image:
-  """The fully decoded image at path; DecodeError for anything unreadable or truncated, and,
+  """Returns the fully decoded image at path; DecodeError for anything unreadable or truncated, and,
   with max_pixels, for an image of more pixels (read from its header, before decoding).
 
   With draft_size, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose

@@ -7,13 +7,14 @@ import os
 import ml_collections
 import numpy as np
 
-from dcgan_jax import configuration, evaluation, input_pipeline, sampling, steps, train
+from dcgan_jax import configuration, evaluation, input_pipeline, steps
+from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
 
 def _eval_config(workdir: str, evaluator: str | None, inception_weights: str | None,
                  num_samples: int | None, bn_mode: str | None) -> ml_collections.ConfigDict:
-  config = sampling.load_workdir_config(workdir)
+  config = workdir_lib.load_config(workdir)
   for field, value in (("evaluator", evaluator), ("inception_weights", inception_weights),
                        ("eval_num_samples", num_samples), ("sample_bn_mode", bn_mode)):
     if value is not None:
@@ -35,16 +36,16 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
   config = _eval_config(workdir, evaluator, inception_weights, num_samples, bn_mode)
   data = input_pipeline.load_images(config)
   judge, held_out = evaluation.from_config(config, data)
-  z = evaluation.eval_noise(config.seed, config.eval_num_samples, config.nz)
+  z = evaluation.eval_noise(config)
   results = {}
   if held_out is not None:
     results["real_held_out"] = {"images": len(held_out), **judge.of_images(held_out)}
-  gan = train.build_gan(config)
+  gan = steps.gan_from_config(config)
   results["untrained"] = {"step": 0, **evaluation.evaluate_state(
       judge, gan, steps.init_train_state(gan, config.seed), config, z)}
   for which in ("latest", "best"):
     try:
-      _, gan, state, step = sampling.restore_for_sampling(workdir, config.batch_size, which)
+      _, gan, state, step = workdir_lib.restore(workdir, which)
     except UsageError:
       if which == "latest":
         raise
@@ -61,7 +62,7 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
 
 
 def format_report(report: dict) -> str:
-  """A plain table: one row per evaluated set, one column per metric."""
+  """Returns a plain table: one row per evaluated set, one column per metric."""
   rows = report["results"]
   columns = sorted({k for r in rows.values() for k in r if k not in ("step", "images")},
                    key=lambda k: (k.startswith("ema_"), k))

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import time
 from typing import Callable
 
 import jax
@@ -18,11 +19,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcgan_jax import fid, image_cache, sampling, steps
+from dcgan_jax import checkpoint, fid, image_cache, parallel, sampling, steps
+from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
 EVALUATORS = ("classifier", "inception")
-_EVAL_NOISE_SALT = 0xE7A1  # separates the evaluation noise from the training and sample noise
 
 # (float images in [-1, 1]) -> (features (N, D), predicted classes (N,) or None)
 ExtractFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
@@ -37,7 +38,7 @@ class Extractor:
 
 
 def classifier_extractor(cache_dir: str, seed: int = 0) -> Extractor:
-  """The digit classifier's 64 penultimate features and its predictions; images of any size
+  """Returns the digit classifier's 64 penultimate features and its predictions; images of any size
   are resized to its 32x32 (bilinear, antialiased)."""
   from dcgan_jax import classifier  # pylint: disable=g-import-not-at-top
 
@@ -63,7 +64,7 @@ def _resize(x: jax.Array, size: int) -> jax.Array:
 
 
 def inception_extractor(weights_path: str) -> Extractor:
-  """The FID Inception's 2048 pool features (inception.py), from the weights file."""
+  """Returns the FID Inception's 2048 pool features (inception.py), from the weights file."""
   from dcgan_jax import inception  # pylint: disable=g-import-not-at-top
 
   variables = inception.load_weights(weights_path)
@@ -81,7 +82,8 @@ def extractor_from_config(config: ml_collections.ConfigDict) -> Extractor:
 
 
 def _cached_features(extractor: Extractor, images_u8: np.ndarray, cache_dir: str) -> np.ndarray:
-  """The extractor's features of real images, cached by the extractor and the images' bytes."""
+  """Returns the extractor's features of real images, cached by the extractor and the images'
+  bytes."""
   digest = hashlib.sha256(extractor.identity.encode())
   digest.update(str(images_u8.shape).encode())
   digest.update(np.ascontiguousarray(images_u8).data)
@@ -125,7 +127,7 @@ class Evaluator:
     return names
 
   def of_images(self, images_u8: np.ndarray) -> dict[str, float]:
-    """The metrics of uint8 images (N, S, S, C)."""
+    """Returns the metrics of uint8 images (N, S, S, C)."""
     features, classes = self.extractor.extract(steps_to_float(images_u8))
     p = self.extractor.prefix
     kid, kid_std = fid.kernel_inception_distance(features, self.real_features, self.kid_subsets,
@@ -139,26 +141,9 @@ class Evaluator:
     return out
 
 
-def eval_noise(seed: int, num: int, nz: int) -> jax.Array:
-  """The latent batch of every evaluation of a run: fixed by the seed."""
-  return jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), _EVAL_NOISE_SALT),
-                           (num, nz))
-
-
-def generate_u8(gan: steps.GAN, state: steps.TrainState, z_NxZ: jax.Array, batch_size: int,
-                bn_mode: str, ema: bool = False) -> np.ndarray:
-  """uint8 images of G (or its EMA) for every row of z, in batches of batch_size (in 'train'
-  BatchNorm mode a batch's statistics shape its images, so the batch size matters; the last
-  batch is completed from the first rows and cut, so every batch has the same size)."""
-  n = len(z_NxZ)
-  padded = jnp.concatenate([z_NxZ, z_NxZ[:(-n) % batch_size]]) if n % batch_size else z_NxZ
-  batches = padded.reshape(-1, batch_size, padded.shape[-1])
-  return sampling.generate_batches_uint8(gan, state, batches, bn_mode, ema)[:n]
-
-
 def reference_images(config: ml_collections.ConfigDict, data_u8: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray | None]:
-  """(real images the samples are measured against, held-out real images or None).
+  """Returns (real images the samples are measured against, held-out real images or None).
 
   The embedded digits: the digit classifier's 4,000 training digits, and its 1,000 held-out
   digits (the floor: real digits the reference does not contain). Other datasets: the
@@ -176,16 +161,16 @@ def reference_images(config: ml_collections.ConfigDict, data_u8: np.ndarray
 
 
 def _seeded_subset(images: np.ndarray, num: int, seed: int) -> np.ndarray:
-  """All images if there are at most num, else num of them chosen by the seed (in order)."""
+  """Returns all images if there are at most num, else num of them chosen by the seed (in order)."""
   if len(images) <= num:
     return images
-  order = np.random.default_rng([seed, _EVAL_NOISE_SALT]).permutation(len(images))
+  order = np.random.default_rng([seed, sampling.EVAL_SALT]).permutation(len(images))
   return images[np.sort(order[:num])]
 
 
 def from_config(config: ml_collections.ConfigDict, data_u8: np.ndarray
                 ) -> tuple[Evaluator, np.ndarray | None]:
-  """The config's evaluator with its real reference, and the held-out real images if any."""
+  """Returns the config's evaluator with its real reference, and the held-out real images if any."""
   reference, held_out = reference_images(config, data_u8)
   cache_dir = config.cache_dir or image_cache.default_cache_dir()
   return Evaluator(extractor_from_config(config), reference, cache_dir), held_out
@@ -197,7 +182,7 @@ def metric_names(evaluator: Evaluator, ema: bool) -> list[str]:
 
 
 def best_metric_name(config: ml_collections.ConfigDict) -> str:
-  """config.best_metric, with 'auto' resolved: the FID of the EMA generator where it is on,
+  """Returns config.best_metric, with 'auto' resolved: the FID of the EMA generator where it is on,
   else of G."""
   if config.best_metric != "auto":
     return config.best_metric
@@ -207,12 +192,72 @@ def best_metric_name(config: ml_collections.ConfigDict) -> str:
 
 def evaluate_state(evaluator: Evaluator, gan: steps.GAN, state: steps.TrainState,
                    config: ml_collections.ConfigDict, z_NxZ: jax.Array) -> dict[str, float]:
-  """The metrics of G (and of its EMA where the state has one), generated from z in batches
+  """Returns the metrics of G (and of its EMA where the state has one), generated from z in batches
   of config.batch_size with config.sample_bn_mode."""
-  out = evaluator.of_images(generate_u8(gan, state, z_NxZ, config.batch_size,
-                                        config.sample_bn_mode))
+  out = evaluator.of_images(sampling.generate_images(gan, state, z_NxZ, config.batch_size,
+                                                     config.sample_bn_mode))
   if state.g_ema_params is not None:
-    ema = evaluator.of_images(generate_u8(gan, state, z_NxZ, config.batch_size,
-                                          config.sample_bn_mode, ema=True))
+    ema = evaluator.of_images(sampling.generate_images(gan, state, z_NxZ, config.batch_size,
+                                                       config.sample_bn_mode, ema=True))
     out.update({f"ema_{k}": v for k, v in ema.items()})
   return out
+
+
+def enabled(config: ml_collections.ConfigDict) -> bool:
+  """Tells whether a run evaluates while it trains (an evaluator and an interval)."""
+  return bool(config.evaluator) and config.eval_every_steps > 0
+
+
+def eval_noise(config: ml_collections.ConfigDict) -> jax.Array:
+  """Returns the latents (N, Z) of every evaluation of a run: fixed by its seed."""
+  return sampling.fixed_noise(config.seed, config.eval_num_samples, config.nz,
+                              sampling.EVAL_SALT)
+
+
+class DuringTraining:
+  """Evaluation during a run: the metrics of G (and its EMA) on the run's evaluation noise,
+  the floor (the best metric of held-out real images, where the dataset has them), and the
+  best checkpoint by config.best_metric, kept in workdir/best.
+
+  Process 0 evaluates (the other processes build no evaluator) and sends the best metric's
+  value to every process; all take part in saving the best checkpoint.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, data_u8: np.ndarray, gan: steps.GAN,
+               workdir: str):
+    self.config, self.gan = config, gan
+    self.best_dir = workdir_lib.checkpoint_dir(workdir, "best")
+    self.metric = best_metric_name(config)
+    self.evaluator, self.floor = None, None
+    if parallel.is_primary():
+      self.evaluator, held_out = from_config(config, data_u8)
+      if held_out is not None:
+        floor = self.evaluator.of_images(held_out)
+        logging.info("held-out real images (%d) against the reference (%d): %s",
+                     len(held_out), self.evaluator.num_real,
+                     " ".join(f"{k} {v:.4g}" for k, v in floor.items()))
+        self.floor = floor[self.metric.removeprefix("ema_")]
+    self.columns = (metric_names(self.evaluator, config.g_ema_decay > 0)
+                    if self.evaluator is not None else [])
+    self.z = eval_noise(config)
+    self._best: checkpoint.BestCheckpointer | None = None
+
+  def run(self, state: steps.TrainState) -> dict[str, float]:
+    """Evaluates state, offers it as the best checkpoint and returns its metrics."""
+    t0 = time.perf_counter()
+    values = {}
+    if self.evaluator is not None:
+      values = evaluate_state(self.evaluator, self.gan, parallel.local_copy(state), self.config,
+                              self.z)
+    if self._best is None:
+      self._best = checkpoint.BestCheckpointer(self.best_dir, self.metric)
+    kept = self._best.offer(state, parallel.broadcast_float(values.get(self.metric, 0.0)))
+    logging.info("step %d eval (%.1f s): %s%s", int(state.step), time.perf_counter() - t0,
+                 " ".join(f"{k} {v:.4g}" for k, v in values.items()),
+                 f"; best {self.metric} so far, kept in {self._best.directory}" if kept else "")
+    return values
+
+  def close(self) -> None:
+    """Waits for the best checkpoint still being written."""
+    if self._best is not None:
+      self._best.close()

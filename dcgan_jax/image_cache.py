@@ -48,7 +48,7 @@ def cache_key(description: dict[str, Any], image_size: int, channels: int) -> st
 
 
 def _read_complete(array_path: str, meta_path: str, key: str):
-  """(images, meta) of a finished cache with this key, else None."""
+  """Returns (images, meta) of a finished cache with this key, else None."""
   try:
     with open(meta_path) as f:
       meta = json.load(f)
@@ -139,7 +139,7 @@ def load_or_build(cache_dir: str, name: str, description: dict[str, Any], items:
                   load: Callable[[Any], np.ndarray], image_size: int, channels: int,
                   strict: bool = False, num_workers: int | None = None,
                   processes: bool = False) -> Cached:
-  """The cached images of `items`, decoding them with `load` (on all cores) if needed.
+  """Returns the cached images of `items`, decoding them with `load` (on all cores) if needed.
 
   Items whose `load` raises DecodeError are skipped, or stop the build when `strict`.
   `processes` decodes in worker processes (items and load must pickle), else threads.

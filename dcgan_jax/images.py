@@ -11,7 +11,7 @@ from PIL import Image
 
 
 def to_uint8(images_in_minus1_1: jax.Array) -> jax.Array:
-  """[-1, 1] floats -> [0, 255] uint8, rounding to nearest (halves to even); numpy or JAX
+  """Converts [-1, 1] floats to [0, 255] uint8, rounding to nearest (halves to even); numpy or JAX
   arrays, also inside jit."""
   x = (jnp.asarray(images_in_minus1_1, jnp.float32) + 1.0) * 127.5
   return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
@@ -33,7 +33,7 @@ def make_grid(images_NxHxWxC: np.ndarray, ncols: int | None = None, padding: int
 
 
 def png_bytes(image_HxWxC: np.ndarray) -> bytes:
-  """A uint8 (H, W, 1 or 3) image encoded as PNG."""
+  """Returns a uint8 (H, W, 1 or 3) image encoded as PNG."""
   image = image_HxWxC[..., 0] if image_HxWxC.shape[-1] == 1 else image_HxWxC
   out = io.BytesIO()
   Image.fromarray(image).save(out, format="PNG")
@@ -49,7 +49,7 @@ def save_png(path: str, image_HxWxC: np.ndarray) -> None:
 
 
 def save_gif(path: str, frames_NxHxWxC: np.ndarray, frame_ms: int = 80, scale: int = 1) -> None:
-  """An endlessly looping animated GIF of uint8 frames (enlarged `scale` times, nearest),
+  """Returns an endlessly looping animated GIF of uint8 frames (enlarged `scale` times, nearest),
   written atomically."""
   pictures = []
   for frame in frames_NxHxWxC:

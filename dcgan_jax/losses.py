@@ -5,14 +5,14 @@ import jax.numpy as jnp
 
 
 def bce_with_logits(logits: jax.Array, labels: jax.Array | float) -> jax.Array:
-  """Mean of -[y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))], stable for any x."""
+  """Computes the mean of -[y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))], stable for any x."""
   # softplus(x) - x*y == -y log s(x) - (1-y) log(1 - s(x)), without overflow.
   return jnp.mean(jax.nn.softplus(logits) - logits * labels)
 
 
 def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array,
                        label_smoothing: float = 0.0) -> jax.Array:
-  """errD = BCE(D(x), 1 - smoothing) + BCE(D(G(z)), 0).
+  """Computes errD = BCE(D(x), 1 - smoothing) + BCE(D(G(z)), 0).
 
   Label smoothing is one-sided (Salimans et al. 2016): only real targets move.
   """
@@ -21,5 +21,5 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array,
 
 
 def generator_loss(fake_logits: jax.Array) -> jax.Array:
-  """errG = BCE(D(G(z)), 1): the non-saturating generator loss."""
+  """Computes errG = BCE(D(G(z)), 1): the non-saturating generator loss."""
   return bce_with_logits(fake_logits, 1.0)

@@ -59,7 +59,7 @@ def _save_figure(fig, ax, png_path: str) -> None:
 
 
 def plot_losses(csv_path: str, png_path: str) -> None:
-  """The tutorial's "Generator and Discriminator Loss During Training" plot."""
+  """Returns the tutorial's "Generator and Discriminator Loss During Training" plot."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -76,7 +76,7 @@ def plot_losses(csv_path: str, png_path: str) -> None:
 
 
 def plot_eval(csv_path: str, png_path: str, metric: str, floor: float | None = None) -> bool:
-  """`metric` (and its ema_ twin where present) against steps; a dashed line at `floor`
+  """Computes `metric` (and its ema_ twin where present) against steps; a dashed line at `floor`
   (the same metric on held-out real images) where given. False if no row has it."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")

@@ -32,7 +32,7 @@ BatchNorm = functools.partial(
 
 
 def num_stride2_layers(image_size: int) -> int:
-  """Number of 2x up- (G) or down-sampling (D) layers between 4x4 and the image."""
+  """Returns number of 2x up- (G) or down-sampling (D) layers between 4x4 and the image."""
   if image_size not in SUPPORTED_IMAGE_SIZES:
     raise ValueError(f"image_size {image_size} is not one of {SUPPORTED_IMAGE_SIZES}")
   return image_size.bit_length() - 3  # 32 -> 3, 64 -> 4, 128 -> 5
@@ -49,9 +49,9 @@ class Project4x4(nn.Module):
   dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, z_BxN: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", conv_init, (4, 4, self.features, z_BxN.shape[-1]))
-    return ops.project_4x4(*_cast(self.dtype, z_BxN, kernel))
+  def __call__(self, z_BxZ: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", conv_init, (4, 4, self.features, z_BxZ.shape[-1]))
+    return ops.project_4x4(*_cast(self.dtype, z_BxZ, kernel))
 
 
 class UpConv(nn.Module):
@@ -92,11 +92,11 @@ class Generator(nn.Module):
   dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, z_BxN: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, z_BxZ: jax.Array, train: bool = True) -> jax.Array:
     n = num_stride2_layers(self.image_size)
     width = self.ngf * 2 ** (n - 1)
     bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
-    x = Project4x4(width, self.dtype)(z_BxN)
+    x = Project4x4(width, self.dtype)(z_BxZ)
     x = nn.relu(bn()(x))
     for _ in range(n - 1):
       width //= 2

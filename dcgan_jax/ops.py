@@ -17,12 +17,12 @@ DOWNCONV_IMPLS = ("auto", "xla", "matmul")
 
 
 def project_4x4(z_BxN: jax.Array, kernel_4x4xCxN: jax.Array) -> jax.Array:
-  """`ConvTranspose2d(N, C, 4, stride=1, padding=0)` on a 1x1 input: a matmul."""
+  """Computes `ConvTranspose2d(N, C, 4, stride=1, padding=0)` on a 1x1 input: a matmul."""
   return jnp.einsum("bn,hwcn->bhwc", z_BxN, kernel_4x4xCxN)
 
 
 def conv_transpose_4x2_xla(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
-  """`ConvTranspose2d(k=4, s=2, p=1)` as XLA's transposed convolution."""
+  """Computes `ConvTranspose2d(k=4, s=2, p=1)` as XLA's transposed convolution."""
   # Flax/XLA pad the dilated input: k - 1 - p = 2 on each side gives PyTorch's shape.
   return lax.conv_transpose(
       x_BxHxWxI, kernel_4x4xOxI, strides=(2, 2), padding=((2, 2), (2, 2)),
@@ -38,7 +38,7 @@ _PHASE_TAPS_2x3x4[1, 1, 2] = _PHASE_TAPS_2x3x4[1, 2, 0] = 1.0
 
 
 def conv_transpose_4x2_phase(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
-  """`ConvTranspose2d(k=4, s=2, p=1)` as one stride-1 3x3 conv to 4*O channels.
+  """Computes `ConvTranspose2d(k=4, s=2, p=1)` as one stride-1 3x3 conv to 4*O channels.
 
   Each of the four output phases (row parity, column parity) is a 2x2
   convolution of the input; the four are packed into one 3x3 kernel and
@@ -65,7 +65,7 @@ _PHASE_TAPS_2x2x4[1, 0, 2] = _PHASE_TAPS_2x2x4[1, 1, 0] = 1.0
 
 
 def conv_transpose_4x2_matmul(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
-  """`ConvTranspose2d(k=4, s=2, p=1)` as one matrix product.
+  """Computes `ConvTranspose2d(k=4, s=2, p=1)` as one matrix product.
 
   The 2x2 windows of the input padded by one, (B*(H+1)*(W+1), 4I), times a (4I, 4O)
   matrix give all four output phases at once; phase (a, b) of output (m, n) is window
@@ -92,7 +92,7 @@ _PHASE_SHIFT_TAPS = {a: tuple((int(a + r - 1), int(k)) for r, k in np.argwhere(_
 
 
 def conv_transpose_4x2_col2im(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
-  """`ConvTranspose2d(k=4, s=2, p=1)` by its definition: every input pixel times the whole
+  """Computes `ConvTranspose2d(k=4, s=2, p=1)` by its definition: every input pixel times the whole
   kernel, (B*H*W, I) x (I, 16*O), then the 4x4 patches overlap-added at stride 2.
 
   The matrix product has no zero taps and no window copies of the input; the overlap-add
@@ -114,13 +114,13 @@ def conv_transpose_4x2_col2im(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -
 
 
 def conv_4x2_xla(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
-  """`Conv2d(k=4, s=2, p=1, bias=False)` as XLA's convolution (what `nn.Conv` runs)."""
+  """Computes `Conv2d(k=4, s=2, p=1, bias=False)` as XLA's convolution (what `nn.Conv` runs)."""
   return lax.conv_general_dilated(x_BxHxWxI, kernel_4x4xIxO, window_strides=(2, 2),
                                   padding=((1, 1), (1, 1)), dimension_numbers=_DN)
 
 
 def conv_4x2_matmul(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
-  """`Conv2d(k=4, s=2, p=1)` as one matrix product over the 4x4 windows.
+  """Computes `Conv2d(k=4, s=2, p=1)` as one matrix product over the 4x4 windows.
 
   The padded input, viewed as (B, H/2+1, 2, W/2+1, 2I) (a free reshape: row pairs and
   column pairs), gives every window as eight slices (row block q, row parity r, column
@@ -169,7 +169,7 @@ def resolve_downconv_impl(impl: str, backend: str | None = None) -> str:
 
 def conv_transpose_4x2(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array,
                        impl: str = "auto") -> jax.Array:
-  """`ConvTranspose2d(k=4, s=2, p=1, bias=False)`: (B, H, W, I) -> (B, 2H, 2W, O)."""
+  """Computes `ConvTranspose2d(k=4, s=2, p=1, bias=False)`: (B, H, W, I) -> (B, 2H, 2W, O)."""
   impl = resolve_upconv_impl(impl, kernel_4x4xOxI.shape[2], x_BxHxWxI.shape[1])
   if impl == "phase":
     return conv_transpose_4x2_phase(x_BxHxWxI, kernel_4x4xOxI)
@@ -181,7 +181,7 @@ def conv_transpose_4x2(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array,
 
 
 def conv_4x2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array, impl: str = "auto") -> jax.Array:
-  """`Conv2d(k=4, s=2, p=1, bias=False)`: (B, H, W, I) -> (B, H/2, W/2, O)."""
+  """Computes `Conv2d(k=4, s=2, p=1, bias=False)`: (B, H, W, I) -> (B, H/2, W/2, O)."""
   if resolve_downconv_impl(impl) == "matmul":
     return conv_4x2_matmul(x_BxHxWxI, kernel_4x4xIxO)
   return conv_4x2_xla(x_BxHxWxI, kernel_4x4xIxO)

@@ -22,7 +22,7 @@ DATA_AXIS = "data"
 
 
 def cluster_in_environment() -> str | None:
-  """The multi-process launcher whose environment JAX reads by itself (None outside one)."""
+  """Returns the multi-process launcher whose environment JAX reads by itself (None outside one)."""
   env = os.environ
   if all(k in env for k in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_NODELIST")) and int(
       env.get("SLURM_NTASKS", env.get("SLURM_STEP_NUM_TASKS", "1"))) > 1:
@@ -38,7 +38,7 @@ def cluster_in_environment() -> str | None:
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, auto: bool = False) -> bool:
-  """jax.distributed.initialize with the given values, or with JAX's own cluster detection
+  """Calls jax.distributed.initialize with the given values, or with JAX's own cluster detection
   where `auto` is set or a launcher's environment is present; returns whether it ran.
 
   Must run before anything else touches the JAX backend.
@@ -66,12 +66,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def is_primary() -> bool:
-  """Whether this process writes the run's files (process 0)."""
+  """Tells whether this process writes the run's files (process 0)."""
   return jax.process_index() == 0
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D mesh named 'data' over the first num_devices devices (0: all of them, of every
+  """Returns a 1-D mesh named 'data' over the first num_devices devices (0: all of them, of every
   process)."""
   devices = jax.devices()
   if num_devices > len(devices):
@@ -100,13 +100,13 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 
 def global_array(shape: tuple[int, ...], sharding: jax.sharding.Sharding,
                  read: Callable[[tuple[slice, ...]], np.ndarray]) -> jax.Array:
-  """A global array of `shape` whose parts on this process's devices are read(index) (a
+  """Returns a global array of `shape` whose parts on this process's devices are read(index) (a
   tuple of slices into the global shape): each process reads only the rows its devices hold."""
   return jax.make_array_from_callback(shape, sharding, lambda index: np.asarray(read(index)))
 
 
 def local_copy(tree):
-  """A replicated pytree's value on this process's first device holding it (no transfer):
+  """Returns a replicated pytree's value on this process's first device holding it (no transfer):
   what the host reads and what single-device programs (sample grids, evaluation) take."""
   return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
@@ -127,7 +127,7 @@ def sync(name: str) -> None:
 
 
 def any_process(flag: bool) -> bool:
-  """Whether `flag` is set in any process (the flag itself in one process)."""
+  """Tells whether `flag` is set in any process (the flag itself in one process)."""
   if jax.process_count() == 1:
     return flag
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))

@@ -2,10 +2,10 @@
 
 Werkzeug (WSGI routing, requests, responses, a test client and a development server in one
 small, well-kept Pallets package, with no further dependencies) serves one page and a few
-endpoints. Every image comes from one jitted generator function over a batch of MAX_IMAGES
-latents, compiled once at start: requests change only its arguments (the latents, and the
-parameters of the latest or best checkpoint or of G's EMA, all of one shape), never its
-shapes, so nothing is traced again.
+endpoints. Every image comes from sampling.generate_images in batches of MAX_IMAGES latents
+(as `--mode sample` makes its default grid), compiled once at start: requests change only
+its arguments (the latents, and the parameters of the latest or best checkpoint or of G's
+EMA, all of one shape), never its shapes, so nothing is traced again.
 
   GET /                                  the page (offline: no assets from elsewhere)
   GET /api/info                          the run: step, sizes, checkpoints, EMA, compilations
@@ -24,8 +24,6 @@ import re
 import tempfile
 import threading
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from werkzeug.exceptions import HTTPException, NotFound
@@ -34,6 +32,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from dcgan_jax import images, metrics, sampling, steps
+from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 from dcgan_jax.serve_page import PAGE
 
@@ -53,22 +52,22 @@ class Explorer:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    config, gan, state, step = sampling.restore_for_sampling(workdir, MAX_IMAGES, "latest")
+    config, self.gan, state, step = workdir_lib.restore(workdir, "latest")
     self.config, self.bn_mode = config, config.sample_bn_mode
     self.states, self.ema = {}, {}
     self._add("latest", state, step)
-    if os.path.isdir(os.path.join(workdir, "best")):
-      _, _, best, best_step = sampling.restore_for_sampling(workdir, MAX_IMAGES, "best")
+    if os.path.isdir(workdir_lib.checkpoint_dir(workdir, "best")):
+      _, _, best, best_step = workdir_lib.restore(workdir, "best")
       self._add("best", best, best_step)
-    self.compilations = 0
     self._lock = threading.Lock()
+    traces = sampling.traces()
+    self._images(np.zeros((1, config.nz), np.float32), "latest", False)  # compiles
+    self._compilations_before = traces
 
-    def generate(state: steps.TrainState, z_BxN: jax.Array) -> jax.Array:
-      self.compilations += 1  # runs only when jit traces
-      return images.to_uint8(steps.generate(gan, state, z_BxN, self.bn_mode))
-
-    self._generate = jax.jit(generate)
-    self._generate(self.states["latest"][0], jnp.zeros((MAX_IMAGES, config.nz)))  # compile
+  @property
+  def compilations(self) -> int:
+    """Counts the compilations of the generating function since this page started."""
+    return sampling.traces() - self._compilations_before
 
   def _add(self, which: str, state: steps.TrainState, step: int) -> None:
     self.states[which] = (self._view(state), step)
@@ -91,18 +90,16 @@ class Explorer:
       raise BadRequest("ema=1: this run kept no EMA of G (config.g_ema_decay is 0)")
     return self.ema[which]
 
-  def _images(self, z_KxN: np.ndarray, which: str, ema: bool) -> np.ndarray:
-    """uint8 images of K <= MAX_IMAGES latents: one batch of MAX_IMAGES, the K latents
-    repeated to fill it (with BatchNorm on batch statistics, the batch is the K latents)."""
-    k = len(z_KxN)
-    batch = np.resize(np.asarray(z_KxN, np.float32), (MAX_IMAGES, self.config.nz))
+  def _images(self, z_NxZ: np.ndarray, which: str, ema: bool) -> np.ndarray:
+    """Generates uint8 images of N <= MAX_IMAGES latents in one batch of MAX_IMAGES."""
+    state = self._state(which, ema)
     with self._lock:
-      out = self._generate(self._state(which, ema), jnp.asarray(batch))
-    return np.asarray(out)[:k]
+      return sampling.generate_images(self.gan, state, z_NxZ, MAX_IMAGES, self.bn_mode)
 
   def grid(self, seed: int, n: int, which: str = "latest", ema: bool = False) -> bytes:
-    """The first n of the seed's MAX_IMAGES images (those of `--mode sample --grid_size 64`)."""
-    z = np.asarray(sampling.sample_noise(seed, MAX_IMAGES, self.config.nz))
+    """Returns the first n of the seed's MAX_IMAGES images (those of `--mode sample --grid_size
+    64`)."""
+    z = sampling.fixed_noise(seed, MAX_IMAGES, self.config.nz, sampling.SAMPLE_SALT)
     pictures = self._images(z, which, ema)[:n]
     return images.png_bytes(images.make_grid(pictures, ncols=math.ceil(math.sqrt(n))))
 
@@ -148,7 +145,7 @@ class Explorer:
 
 
 def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
-  """An integer parameter: ASCII digits with an optional leading minus (no sign, space,
+  """Returns an integer parameter: ASCII digits with an optional leading minus (no sign, space,
   underscore or other digits, as Python's int() would take), within [low, high]."""
   raw = request.args.get(name, str(default))
   if not re.fullmatch(r"-?[0-9]{1,10}", raw):
@@ -170,7 +167,7 @@ def _which(request: Request) -> tuple[str, bool]:
 
 
 def loopback_hosts(host: str, port: int) -> frozenset[str] | None:
-  """The Host header values to answer when listening on a loopback address (the loopback
+  """Returns the Host header values to answer when listening on a loopback address (the loopback
   names, bare or with the port), so that another site cannot read the page through DNS
   rebinding; None (any Host) for other addresses."""
   try:
@@ -192,7 +189,7 @@ def _check_request(request: Request, hosts: frozenset[str] | None) -> None:
 
 
 def make_app(explorer: Explorer, hosts: frozenset[str] | None = None):
-  """The WSGI application of the page and its endpoints: GET and HEAD only; with `hosts`,
+  """Returns the WSGI application of the page and its endpoints: GET and HEAD only; with `hosts`,
   only requests whose Host header is one of them."""
   urls = Map([Rule("/", endpoint="page"), Rule("/api/info", endpoint="info"),
               Rule("/api/grid.png", endpoint="grid"),
@@ -281,7 +278,7 @@ def _check_port(port: int) -> None:
 
 
 def make_server(explorer: Explorer, host: str, port: int) -> BoundedServer:
-  """The server of the page on host:port; UsageError (one line) for a port out of range or
+  """Returns the server of the page on host:port; UsageError (one line) for a port out of range or
   one that cannot be listened on."""
   _check_port(port)
   try:

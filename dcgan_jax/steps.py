@@ -1,4 +1,10 @@
-"""The training state pytree and the pure, jittable D and G update steps.
+"""The training state pytree, the GAN a config describes, and the pure, jittable D and G
+update steps.
+
+Shape letters in names across the project (x_BxSxSxC): B batch, K iterations of one
+dispatch, N (and M) the size of a set of images (a dataset, every image of an evaluation),
+Z latent size (config.nz), S image side, H and W height and width, C channels, I and O a
+convolution's input and output channels, F features, T interpolation frames.
 
 One iteration is `d_step` then `g_step`, as in the PyTorch tutorial. Both draw
 the same noise z (keyed by the step counter), so the G step sees exactly the
@@ -22,9 +28,10 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from dcgan_jax import losses
+from dcgan_jax import losses, parallel
 from dcgan_jax.models import Discriminator, Generator
 
 PyTree = Any
@@ -67,10 +74,24 @@ class GAN:
   g_opt: Adam
   d_opt: Adam
   nz: int
-  batch_size: int
   label_smoothing: float = 0.0
   g_ema_decay: float = 0.0  # > 0: keep g_ema_params, updated after every G step
   batch_sharding: Any = None  # a jax.sharding.Sharding of (B, ...) arrays: the data mesh
+
+
+def gan_from_config(config: ml_collections.ConfigDict,
+                    mesh: jax.sharding.Mesh | None = None) -> GAN:
+  """Builds the models, optimizers and loss settings of a config; with a mesh, training
+  batches are split over its data axis."""
+  return GAN(
+      generator=Generator(config.image_size, config.channels, config.ngf, config.upconv_impl,
+                          config.compute_dtype),
+      discriminator=Discriminator(config.image_size, config.ndf, config.downconv_impl,
+                                  config.compute_dtype),
+      g_opt=Adam(config.g_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
+      d_opt=Adam(config.d_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
+      nz=config.nz, label_smoothing=config.label_smoothing, g_ema_decay=config.g_ema_decay,
+      batch_sharding=parallel.batch_sharding(mesh) if mesh is not None else None)
 
 
 def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
@@ -91,38 +112,38 @@ def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
 
 def init_train_state(gan: GAN, seed: int,
                      sharding: jax.sharding.Sharding | None = None) -> TrainState:
-  """create_train_state compiled as one program (eager init compiles every op), its arrays
+  """Runs create_train_state compiled as one program (eager init compiles every op), its arrays
   placed with `sharding` (e.g. replicated over every process's devices)."""
   return jax.jit(create_train_state, static_argnums=0, out_shardings=sharding)(
       gan, jax.random.PRNGKey(seed))
 
 
 def abstract_train_state(gan: GAN) -> TrainState:
-  """The shapes and dtypes of a TrainState, computed without running anything."""
+  """Returns the shapes and dtypes of a TrainState, computed without running anything."""
   return jax.eval_shape(functools.partial(create_train_state, gan), jax.random.PRNGKey(0))
 
 
-def step_noise(gan: GAN, state: TrainState) -> jax.Array:
-  """The latent batch z (B, nz) of the current step, N(0, 1) (split over the data mesh, where
-  there is one, so that each device runs G on its part of the batch)."""
+def step_noise(gan: GAN, state: TrainState, batch_size: int) -> jax.Array:
+  """Draws the latent batch z (B, Z) of the state's current step, N(0, 1), split over the
+  data mesh where there is one (each device runs G on its part of the batch)."""
   key = jax.random.fold_in(state.rng, state.step)
-  return _split_batch(gan, jax.random.normal(key, (gan.batch_size, gan.nz)))
+  return _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz)))
 
 
 def _split_batch(gan: GAN, x_Bx: jax.Array) -> jax.Array:
-  """x split along its batch axis over the data mesh (unchanged without one)."""
+  """Splits x along its batch axis over the data mesh (unchanged without one)."""
   if gan.batch_sharding is None:
     return x_Bx
   return jax.lax.with_sharding_constraint(x_Bx, gan.batch_sharding)
 
 
 def to_float(images_u8: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1] (the tutorial's Normalize(0.5, 0.5))."""
+  """Converts uint8 [0, 255] to float32 [-1, 1] (the tutorial's Normalize(0.5, 0.5))."""
   return images_u8.astype(jnp.float32) / 127.5 - 1.0
 
 
 def _apply_train(module: nn.Module, params: PyTree, batch_stats: PyTree, x: jax.Array):
-  """Forward pass with batch statistics; returns (output, new batch_stats)."""
+  """Runs a forward pass with batch statistics; returns (output, new batch_stats)."""
   out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x,
                               train=True, mutable=["batch_stats"])
   return out, updates["batch_stats"]
@@ -130,7 +151,7 @@ def _apply_train(module: nn.Module, params: PyTree, batch_stats: PyTree, x: jax.
 
 def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array
               ) -> tuple[TrainState, Metrics]:
-  """The D update on a real and a fake float batch (no gradient flows into fake)."""
+  """Runs the D update on a real and a fake float batch (no gradient flows into fake)."""
   fake = jax.lax.stop_gradient(fake)
 
   def loss_fn(d_params):
@@ -169,15 +190,16 @@ def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, loss: j
 
 
 def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
-  """One discriminator update on a real uint8 batch and a fresh fake batch."""
+  """Runs one discriminator update on a real uint8 batch and a fresh fake batch."""
   fake, _ = _apply_train(gan.generator, state.g_params, state.g_batch_stats,
-                         step_noise(gan, state))
+                         step_noise(gan, state, images_u8.shape[0]))
   return _d_update(gan, state, to_float(images_u8), fake)
 
 
-def g_step(gan: GAN, state: TrainState) -> tuple[TrainState, Metrics]:
-  """One generator update against the current D; advances the step counter."""
-  z = step_noise(gan, state)
+def g_step(gan: GAN, state: TrainState, batch_size: int) -> tuple[TrainState, Metrics]:
+  """Runs one generator update on a batch of batch_size against the current D; advances the step
+  counter."""
+  z = step_noise(gan, state, batch_size)
 
   def loss_fn(g_params):
     fake, stats = _apply_train(gan.generator, g_params, state.g_batch_stats, z)
@@ -190,14 +212,14 @@ def g_step(gan: GAN, state: TrainState) -> tuple[TrainState, Metrics]:
 
 
 def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
-  """A full iteration, d_step then g_step, with G's forward pass run once.
+  """Runs a full iteration, d_step then g_step, with G's forward pass run once.
 
   D does not change G, so the G step's fake batch is the D step's: as in the
   tutorial, G runs forward once and its backward pass reuses that forward's
   residuals (jax.vjp). Equal to d_step followed by g_step (tested).
   """
   g_forward = lambda p: _apply_train(gan.generator, p, state.g_batch_stats,  # noqa: E731
-                                     step_noise(gan, state))
+                                     step_noise(gan, state, images_u8.shape[0]))
   fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
   state, d_metrics = _d_update(gan, state, _split_batch(gan, to_float(images_u8)), fake)
   (loss, logits), d_fake = jax.value_and_grad(
@@ -207,21 +229,21 @@ def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[Train
   return state, {**d_metrics, **g_metrics}
 
 
-def train_steps(gan: GAN, state: TrainState, images_KxBxHxWxC_u8: jax.Array
+def train_steps(gan: GAN, state: TrainState, images_KxBxSxSxC_u8: jax.Array
                 ) -> tuple[TrainState, Metrics]:
-  """K iterations in one dispatch (lax.scan over K batches); metrics stacked to (K,)."""
-  return jax.lax.scan(functools.partial(train_step, gan), state, images_KxBxHxWxC_u8)
+  """Runs K iterations in one dispatch (lax.scan over K batches); metrics stacked to (K,)."""
+  return jax.lax.scan(functools.partial(train_step, gan), state, images_KxBxSxSxC_u8)
 
 
-def train_steps_gather(gan: GAN, state: TrainState, images_NxHxWxC_u8: jax.Array,
+def train_steps_gather(gan: GAN, state: TrainState, images_NxSxSxC_u8: jax.Array,
                        indices_KxB: jax.Array) -> tuple[TrainState, Metrics]:
-  """train_steps on batches gathered on the device from a dataset held there."""
+  """Returns train_steps on batches gathered on the device from a dataset held there."""
   def body(s, indices_B):
-    return train_step(gan, s, jnp.take(images_NxHxWxC_u8, indices_B, axis=0))
+    return train_step(gan, s, jnp.take(images_NxSxSxC_u8, indices_B, axis=0))
   return jax.lax.scan(body, state, indices_KxB)
 
 
-def generate(gan: GAN, state: TrainState, z_BxN: jax.Array, bn_mode: str = "train",
+def generate(gan: GAN, state: TrainState, z_BxZ: jax.Array, bn_mode: str = "train",
              ema: bool = False) -> jax.Array:
   """Images in [-1, 1] from G (or, with ema, from its moving average of parameters);
   bn_mode 'train' uses the batch's statistics (as the tutorial's samples do), 'eval' the
@@ -233,6 +255,6 @@ def generate(gan: GAN, state: TrainState, z_BxN: jax.Array, bn_mode: str = "trai
   params = state.g_ema_params if ema else state.g_params
   variables = {"params": params, "batch_stats": state.g_batch_stats}
   if bn_mode == "train":
-    images, _ = gan.generator.apply(variables, z_BxN, train=True, mutable=["batch_stats"])
+    images, _ = gan.generator.apply(variables, z_BxZ, train=True, mutable=["batch_stats"])
     return images
-  return gan.generator.apply(variables, z_BxN, train=False)
+  return gan.generator.apply(variables, z_BxZ, train=False)

@@ -259,7 +259,7 @@ def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
   kinds, sizes, little = _KIND, _SIZE, "little"
 
   def pop(n: int) -> list[int]:
-    """The top n items, or those above the last MARK (n < 0), removed from the stack."""
+    """Returns the top n items, or those above the last MARK (n < 0), removed from the stack."""
     if n < 0 and not marks or n >= 0 and len(stack) - n < (marks[-1] if marks else 0):
       raise _malformed("it takes more from the stack than it put there")
     start = marks.pop() if n < 0 else len(stack) - n
@@ -328,7 +328,8 @@ def _check_pickle(data: bytes | mmap.mmap, pos: int, size: int) -> None:
 
 
 def _member(archive: zipfile.ZipFile, name: str, size: int, what: str) -> zipfile.ZipInfo:
-  """The member's entry, if it is not encrypted and its header says it holds `size` bytes."""
+  """Returns the member's entry, if it is not encrypted and its header says it holds `size`
+  bytes."""
   info = archive.getinfo(name)
   if info.flag_bits & 0x1:
     raise UnsupportedFile(f"{what} is encrypted")
@@ -339,7 +340,7 @@ def _member(archive: zipfile.ZipFile, name: str, size: int, what: str) -> zipfil
 
 def _read_member(archive: zipfile.ZipFile, name: str, size: int, needed: int,
                  what: str) -> bytes:
-  """The first `needed` bytes of a member that must hold exactly `size` bytes, read as a
+  """Returns the first `needed` bytes of a member that must hold exactly `size` bytes, read as a
   stream; the rest is read through (never kept) to check its length and CRC."""
   with archive.open(_member(archive, name, size, what)) as member:
     head = member.read(needed)
@@ -404,7 +405,7 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
 
 def _read_stored(f: BinaryIO, file_size: int, info: zipfile.ZipInfo, dtype: np.dtype,
                  what: str) -> np.ndarray:
-  """An uncompressed member (as torch.save writes them), its size checked by _member, read
+  """Returns an uncompressed member (as torch.save writes them), its size checked by _member, read
   from the archive's file f straight into an array of its own and checked against its local
   header and CRC."""
   size = info.file_size
@@ -461,8 +462,8 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_legacy(f: BinaryIO, mapped: mmap.mmap, file_size: int) -> dict[str, np.ndarray]:
-  """magic number, protocol, sys_info, the state_dict, the storage keys, then each storage's
-  element count and bytes."""
+  """Reads the magic number, protocol, sys_info, the state_dict, the storage keys, then each
+  storage's element count and bytes."""
 
   def load(load_storage=None):
     _check_pickle(mapped, f.tell(), file_size)
@@ -504,7 +505,7 @@ def _read_legacy(f: BinaryIO, mapped: mmap.mmap, file_size: int) -> dict[str, np
 
 
 def _tensors(loaded) -> dict[str, _TensorRef]:
-  """The state_dict's tensors, by name (a {'state_dict': ...} wrapper is opened)."""
+  """Returns the state_dict's tensors, by name (a {'state_dict': ...} wrapper is opened)."""
   if isinstance(loaded, dict) and all(type(k) is str for k in loaded) and isinstance(  # pylint: disable=unidiomatic-typecheck
       loaded.get("state_dict"), dict):
     loaded = loaded["state_dict"]
@@ -519,7 +520,8 @@ def _tensors(loaded) -> dict[str, _TensorRef]:
 
 
 def _check_tensor(key: str, ref: _TensorRef) -> tuple[int, int]:
-  """(elements, elements of its storage it reaches) of a tensor that lies inside its storage."""
+  """Returns (elements, elements of its storage it reaches) of a tensor that lies inside its
+  storage."""
   size, stride, offset, numel = ref.size, ref.stride, ref.offset, ref.storage.numel
   if len(size) > MAX_NDIM or len(stride) != len(size):
     raise UnsupportedFile(f"tensor {key!r} has {len(size)} dimensions and {len(stride)} "
@@ -539,7 +541,8 @@ def _check_tensor(key: str, ref: _TensorRef) -> tuple[int, int]:
 
 
 def _check_tensors(refs: dict[str, _TensorRef]) -> dict[int, int]:
-  """{id(storage): elements its tensors reach} once every tensor is checked, and their total."""
+  """Returns {id(storage): elements its tensors reach} once every tensor is checked, and their
+  total."""
   total, needed = 0, {}
   for key, ref in refs.items():
     elements, reach = _check_tensor(_short(key), ref)
@@ -552,7 +555,7 @@ def _check_tensors(refs: dict[str, _TensorRef]) -> dict[int, int]:
 
 
 def _arrays(refs: dict[str, _TensorRef]) -> dict[str, np.ndarray]:
-  """Each tensor as a C-contiguous array of its own, in the storage's native dtype: the
+  """Returns each tensor as a C-contiguous array of its own, in the storage's native dtype: the
   storage's own array where the tensor is all of it, in order, and alone on it; else a copy."""
   users = collections.Counter(id(ref.storage) for ref in refs.values())
   out = {}
@@ -570,7 +573,8 @@ def _arrays(refs: dict[str, _TensorRef]) -> dict[str, np.ndarray]:
 
 
 def _contiguous(size: tuple[int, ...]) -> tuple[int, ...]:
-  """The strides (in elements) of a C-contiguous tensor of this size, as torch writes them."""
+  """Returns the strides (in elements) of a C-contiguous tensor of this size, as torch writes
+  them."""
   strides, step = [], 1
   for n in reversed(size):
     strides.append(step)
@@ -585,7 +589,7 @@ _READ_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueErr
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """The {name: array} of a `.pth` state_dict, read without torch and without executing
+  """Returns the {name: array} of a `.pth` state_dict, read without torch and without executing
   pickled code. Raises UnsupportedFile (naming the reason) for anything else."""
   path = os.fspath(path)
   try:

@@ -1,4 +1,5 @@
-"""The benchmarks' JSON lines (throughput, epoch, scaling), on tiny models."""
+"""The benchmarks' JSON lines (throughput, epoch, scaling, input pipeline, .pth reader), on
+tiny models."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+pytestmark = pytest.mark.slow  # every benchmark runs in a subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--channels", "1", "--batch-size", "4", "--ngf", "4", "--ndf", "4",
@@ -133,3 +136,24 @@ def test_pth_reader_times_both_formats_of_the_inception_layout():
     assert line["benchmark"] == "pth_reader" and line["repeats"] == 2
     assert line["tensors"] == 566  # pytorch-fid's keys, BatchNorm counters and fc included
     assert 0 < line["ms_min"] <= line["ms_median"] and line["bytes"] > 4 * line["elements"]
+
+
+def test_input_pipeline_benchmark_emits_every_stage():
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"),
+                        "--num-images", "40", "--image-size", "32", "--batch-size", "4",
+                        "--feed-steps", "4"], capture_output=True, text=True, check=True,
+                       cwd=ROOT, timeout=600)
+  lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert [line["bench"] for line in lines] == [
+      "jpeg_decode_1core", "jpeg_decode_all_cores", "cache_build", "cache_hit",
+      "cache_build_jpeg_draft", "feed_host", "feed_prefetch"]
+  for line in lines:
+    assert line.get("images_per_s", 1) > 0 and line.get("seconds", 0) >= 0
+
+
+@pytest.mark.parametrize("impl", ["torch-eager", "torch-compile"])
+def test_torch_lines_have_the_contract_fields(impl):
+  pytest.importorskip("torch")
+  [line] = _run("--impl", impl, *TINY)
+  assert line["impl"] == impl and line["image_size"] == 32 and line["batch_size"] == 4
+  assert line["ms_per_step"] > 0 and line["images_per_s"] > 0 and len(line["window_ms"]) == 2

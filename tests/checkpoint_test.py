@@ -4,19 +4,12 @@ import asyncio
 import gc
 import logging
 
-import jax
-import numpy as np
 import pytest
 
 from dcgan_jax import checkpoint, steps
-from conftest import jit_train_step
+from conftest import jit_train_step, trees_close
 
-
-def _assert_identical(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    assert x.dtype == y.dtype and x.shape == y.shape
-    np.testing.assert_array_equal(x, y)
+pytestmark = pytest.mark.slow  # compiles training steps
 
 
 def test_save_restore_gives_identical_pytree(tmp_path, gan, state, real_batch):
@@ -27,10 +20,10 @@ def test_save_restore_gives_identical_pytree(tmp_path, gan, state, real_batch):
   ckpt.close()
   fresh = steps.init_train_state(gan, 42)
   restored = checkpoint.Checkpointer(str(tmp_path / "ckpt")).restore(fresh)
-  _assert_identical(restored, state)
+  assert trees_close(restored, state)
   from_shapes = checkpoint.Checkpointer(str(tmp_path / "ckpt")).restore(
       steps.abstract_train_state(gan))
-  _assert_identical(from_shapes, state)
+  assert trees_close(from_shapes, state)
   assert int(restored.step) == 1
 
 
@@ -45,7 +38,7 @@ def test_never_overwrites_a_newer_checkpoint(tmp_path, gan, state, real_batch):
   ckpt.close()
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   assert ckpt.latest_step() == 2
-  _assert_identical(ckpt.restore(state), newer)
+  assert trees_close(ckpt.restore(state), newer)
 
 
 def test_keeps_at_most_max_to_keep(tmp_path, gan, state, real_batch):
@@ -76,7 +69,7 @@ def test_best_checkpointer_keeps_only_the_lowest(tmp_path, gan, state, real_batc
   reopened = checkpoint.BestCheckpointer(str(tmp_path / "best"), "fid")
   assert reopened.best_value() == 40.0 and reopened.latest_step() == 3
   assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["3"]
-  _assert_identical(reopened.restore(steps.abstract_train_state(gan)), states[3])
+  assert trees_close(reopened.restore(steps.abstract_train_state(gan)), states[3])
   assert not reopened.offer(states[3], 30.0)  # a step it holds is never written again
   reopened.close()
 
@@ -91,8 +84,8 @@ def test_checkpoints_restore_across_the_ema_setting(tmp_path, gan, state, real_b
   reopened = checkpoint.Checkpointer(str(tmp_path / "plain"))
   with_ema = reopened.restore(steps.abstract_train_state(ema_gan))
   reopened.close()
-  _assert_identical(with_ema.g_params, state.g_params)
-  _assert_identical(with_ema.g_ema_params, state.g_params)  # the EMA starts from G
+  assert trees_close(with_ema.g_params, state.g_params)
+  assert trees_close(with_ema.g_ema_params, state.g_params)  # the EMA starts from G
 
   ema_state = steps.init_train_state(ema_gan, 1)
   ema_ckpt = checkpoint.Checkpointer(str(tmp_path / "ema"))
@@ -100,7 +93,7 @@ def test_checkpoints_restore_across_the_ema_setting(tmp_path, gan, state, real_b
   without = ema_ckpt.restore(steps.abstract_train_state(gan))
   ema_ckpt.close()
   assert without.g_ema_params is None
-  _assert_identical(without.d_params, ema_state.d_params)
+  assert trees_close(without.d_params, ema_state.d_params)
 
 
 def test_checkpoint_from_before_the_ema_field_restores(tmp_path, gan, state):
@@ -114,8 +107,8 @@ def test_checkpoint_from_before_the_ema_field_restores(tmp_path, gan, state):
   restored = ckpt.restore(steps.abstract_train_state(gan))
   with_ema = ckpt.restore(steps.abstract_train_state(dataclasses.replace(gan, g_ema_decay=0.5)))
   ckpt.close()
-  _assert_identical(restored, state)
-  _assert_identical(with_ema.g_ema_params, state.g_params)
+  assert trees_close(restored, state)
+  assert trees_close(with_ema.g_ema_params, state.g_params)
 
 
 def test_unretrieved_failed_reads_are_dropped_and_other_unretrieved_errors_kept(caplog):

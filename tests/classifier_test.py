@@ -10,6 +10,8 @@ import pytest
 from dcgan_jax import classifier, fid, image_cache, steps
 from dcgan_jax.errors import UsageError
 
+pytestmark = pytest.mark.slow  # trains the digit classifier
+
 
 @pytest.fixture(scope="module")
 def split():
@@ -89,3 +91,18 @@ def test_held_out_mask_takes_the_last_of_each_class():
   mask = classifier.held_out_mask(labels)
   assert mask.sum() == 2 + 3 + 8 * 100  # classes 0 and 1 have fewer than 100: all held out
   assert not mask[5] and mask[6] and mask[105]  # first digit of class 2 kept, the rest held out
+
+
+def test_first_use_says_that_it_trains_and_how_long(tmp_path, monkeypatch, caplog):
+  model = classifier.DigitClassifier()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
+  monkeypatch.setattr(classifier, "train", lambda split, seed: (model, params, 0.5))
+  with caplog.at_level("INFO"):
+    classifier.load_or_train(tmp_path, seed=0)
+  said = " ".join(r.getMessage() for r in caplog.records)
+  assert "training the digit classifier" in said and "about a minute" in said
+  assert "digit classifier trained in" in said
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    _, reloaded, accuracy = classifier.load_or_train(tmp_path, seed=0)  # cached: says nothing
+  assert accuracy == 0.5 and "training" not in " ".join(r.getMessage() for r in caplog.records)

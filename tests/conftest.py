@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny GAN and its state, image folders made on the fly."""
+"""Shared fixtures and helpers: a tiny GAN, its state and config, tree comparison, image
+folders made on the fly."""
 
 import pathlib
 
@@ -7,13 +8,44 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan_jax import steps
+from configs import default
+from dcgan_jax import inception, steps
 from dcgan_jax.models import Discriminator, Generator
 
 
-def tiny_gan(batch_size: int = 4, label_smoothing: float = 0.0) -> steps.GAN:
+def tiny_gan(label_smoothing: float = 0.0) -> steps.GAN:
   return steps.GAN(Generator(32, 1, ngf=8), Discriminator(32, ndf=8), steps.Adam(), steps.Adam(),
-                   nz=16, batch_size=batch_size, label_smoothing=label_smoothing)
+                   nz=16, label_smoothing=label_smoothing)
+
+
+def tiny_config(num_steps: int):
+  """The embedded default at width 8, batch 16, num_steps steps, rows every 2 steps, grids and
+  checkpoints every 3, one step per dispatch, no evaluator (evaluation_test.py has its own)."""
+  config = default.get_config()
+  config.ngf = config.ndf = 8
+  config.batch_size = 16
+  config.num_train_steps = num_steps
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 3
+  config.sample_every_steps = 3
+  config.num_sample_images = 4
+  config.evaluator = ""
+  config.steps_per_dispatch = 1
+  return config
+
+
+def trees_close(a, b, rtol: float = 0.0, atol: float = 0.0) -> bool:
+  """Whether two pytrees have the same structure, shapes and dtypes, and leaves equal within
+  rtol/atol (exactly equal by default; NaN equals NaN)."""
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return False
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != y.dtype or x.shape != y.shape:
+      return False
+    if not np.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True):
+      return False
+  return True
 
 
 @pytest.fixture
@@ -45,8 +77,34 @@ def _isolated_cache_dir(tmp_path_factory):
 
 jit_train_step = jax.jit(steps.train_step, static_argnums=0)
 jit_d_step = jax.jit(steps.d_step, static_argnums=0)
-jit_g_step = jax.jit(steps.g_step, static_argnums=0)
+jit_g_step = jax.jit(steps.g_step, static_argnums=(0, 2))
 jit_apply_train = jax.jit(steps._apply_train, static_argnums=0)  # pylint: disable=protected-access
+
+
+def random_inception_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+  """pytorch-fid's key layout with random weights, made from the Flax shapes; kernels scaled
+  so that activations keep their size through the 94 layers."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for collection, tree in inception.abstract_variables().items():
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      names = [p.key for p in path]
+      prefix = ".".join(names[:-1])
+      if names[-1] == "kernel":
+        h, w, i, o = leaf.shape
+        out[f"{prefix}.weight"] = (rng.normal(size=(o, i, h, w)) * np.sqrt(2.0 / (h * w * i))
+                                   ).astype(np.float32)
+      elif names[-1] == "scale":
+        out[f"{prefix}.weight"] = rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+      elif names[-1] == "bias":
+        out[f"{prefix}.bias"] = rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+      elif names[-1] == "mean":
+        out[f"{prefix}.running_mean"] = rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+      else:
+        out[f"{prefix}.running_var"] = rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+  out["fc.weight"] = np.zeros((1008, 2048), np.float32)
+  out["fc.bias"] = np.zeros((1008,), np.float32)
+  return out
 
 
 def make_image_folder(root: pathlib.Path, count: int = 12, size=(178, 218),

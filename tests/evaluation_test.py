@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from configs import default
-from dcgan_jax import (checkpoint, classifier, evaluation, input_pipeline, metrics, sampling,
-                       steps, train)
-from conftest import tiny_gan
-from train_test import tiny_config
+from dcgan_jax import checkpoint, classifier, evaluation, input_pipeline, metrics, steps, train
+from conftest import random_inception_state_dict, tiny_config
+
+pytestmark = pytest.mark.slow  # trains and evaluates runs
 
 
 def _mean_pixel_extractor(calls: list | None = None) -> evaluation.Extractor:
@@ -69,21 +69,6 @@ def test_real_features_are_cached_by_extractor_and_images(tmp_path):
   assert calls == [400, 400, 400]
 
 
-def test_generation_in_fixed_batches_equals_batch_by_batch():
-  gan = tiny_gan()
-  state = steps.init_train_state(gan, 0)
-  z = evaluation.eval_noise(0, 10, gan.nz)
-  many = evaluation.generate_u8(gan, state, z, 4, "train")
-  assert many.shape == (10, 32, 32, 1) and many.dtype == np.uint8
-  by_batch = [sampling.generate_uint8(gan, state, z[i:i + 4], "train") for i in (0, 4)]
-  np.testing.assert_array_equal(many[:8], np.concatenate(by_batch))
-  # The last batch of 2 was completed with rows 0 and 1 so that its statistics use 4 images.
-  last = sampling.generate_uint8(gan, state, np.concatenate([z[8:], z[:2]]), "train")
-  np.testing.assert_array_equal(many[8:], last[:2])
-  np.testing.assert_array_equal(evaluation.eval_noise(0, 10, gan.nz), z)  # fixed by the seed
-  assert not np.array_equal(evaluation.eval_noise(1, 10, gan.nz), z)
-
-
 def test_reference_images():
   config = default.get_config()
   data = np.arange(5000, dtype=np.int32).reshape(5000, 1, 1, 1)  # each image its index
@@ -101,6 +86,15 @@ def test_reference_images():
   np.testing.assert_array_equal(reference, again)  # fixed by the seed
   config.seed = 1
   assert not np.array_equal(evaluation.reference_images(config, data)[0], reference)
+
+
+def test_evaluation_during_training_needs_an_evaluator_and_an_interval():
+  config = default.get_config()
+  assert evaluation.enabled(config)  # the embedded default evaluates
+  config.eval_every_steps = 0
+  assert not evaluation.enabled(config)
+  config.eval_every_steps, config.evaluator = 1000, ""
+  assert not evaluation.enabled(config)
 
 
 def test_best_metric_name():
@@ -147,9 +141,9 @@ def test_run_evaluates_and_keeps_the_best_checkpoint(evaluated_run):
   # The row's metrics are those of the state at that step: recompute the last one.
   config = eval_config(6)
   evaluator, _ = evaluation.from_config(config, _embedded_data(config))
-  gan = train.build_gan(config)
+  gan = steps.gan_from_config(config)
   again = evaluation.evaluate_state(evaluator, gan, state, config,
-                                    evaluation.eval_noise(config.seed, 64, config.nz))
+                                    evaluation.eval_noise(config))
   assert again["ema_classifier_fid"] == pytest.approx(float(rows[-1]["ema_classifier_fid"]),
                                                       rel=1e-5)
 
@@ -174,9 +168,8 @@ def test_resumed_evaluated_run_equals_an_uninterrupted_one(evaluated_run, tmp_pa
 def test_run_with_the_inception_evaluator(tmp_path, monkeypatch):
   torch = pytest.importorskip("torch")
   from dcgan_jax import inception  # pylint: disable=g-import-not-at-top
-  from inception_test import _random_state_dict  # pylint: disable=g-import-not-at-top
   weights = tmp_path / "weights.pth"
-  torch.save({k: torch.from_numpy(v) for k, v in _random_state_dict().items()}, weights)
+  torch.save({k: torch.from_numpy(v) for k, v in random_inception_state_dict().items()}, weights)
   monkeypatch.setattr(inception, "WEIGHTS_SHA256", inception.file_sha256(str(weights)))
   config = tiny_config(2)
   config.evaluator, config.inception_weights = "inception", str(weights)

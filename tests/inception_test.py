@@ -9,32 +9,9 @@ import pytest
 
 from dcgan_jax import inception
 from dcgan_jax.errors import UsageError
+from conftest import random_inception_state_dict
 
-
-def _random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-  """pytorch-fid's key layout with random weights, made from the Flax shapes; kernels scaled
-  so that activations keep their size through the 94 layers."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for collection, tree in inception.abstract_variables().items():
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      names = [p.key for p in path]
-      prefix = ".".join(names[:-1])
-      if names[-1] == "kernel":
-        h, w, i, o = leaf.shape
-        out[f"{prefix}.weight"] = (rng.normal(size=(o, i, h, w)) * np.sqrt(2.0 / (h * w * i))
-                                   ).astype(np.float32)
-      elif names[-1] == "scale":
-        out[f"{prefix}.weight"] = rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-      elif names[-1] == "bias":
-        out[f"{prefix}.bias"] = rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-      elif names[-1] == "mean":
-        out[f"{prefix}.running_mean"] = rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-      else:
-        out[f"{prefix}.running_var"] = rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-  out["fc.weight"] = np.zeros((1008, 2048), np.float32)
-  out["fc.bias"] = np.zeros((1008,), np.float32)
-  return out
+pytestmark = pytest.mark.slow  # runs the Inception in JAX and PyTorch
 
 
 def test_structure_matches_pytorch_fid_layout():
@@ -57,7 +34,7 @@ def test_bilinear_matrix_matches_half_pixel_rule():
 
 
 def test_variables_from_state_dict_names_bad_keys_and_shapes():
-  sd = _random_state_dict()
+  sd = random_inception_state_dict()
   variables = inception.variables_from_state_dict(sd)
   kernel = variables["params"]["Conv2d_1a_3x3"]["conv"]["kernel"]
   np.testing.assert_array_equal(kernel, sd["Conv2d_1a_3x3.conv.weight"].transpose(2, 3, 1, 0))
@@ -219,7 +196,7 @@ def _torch_reference():
 @pytest.mark.parametrize("size,channels", [(32, 1), (64, 3)])
 def test_matches_pytorch_model_with_the_same_weights(tmp_path, size, channels):
   torch, reference = _torch_reference()
-  sd = _random_state_dict(seed=size)
+  sd = random_inception_state_dict(seed=size)
   reference.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
   reference.eval()
   path = tmp_path / "weights.pth"

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import make_image_folder
 
+pytestmark = pytest.mark.slow  # runs the program in subprocesses
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 

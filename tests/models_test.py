@@ -54,6 +54,7 @@ def test_shapes_and_dtypes(size, channels):
   assert logits.shape == (3,) and logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_values_in_range_and_finite(g32):
   z, g_vars = g32
   images, _ = _forward(G32, g_vars, z, True)
@@ -110,6 +111,7 @@ def test_layer_widths_generalise_with_size():
   assert d_vars["params"]["Conv_3"]["kernel"].shape == (4, 4, 256, 1)
 
 
+@pytest.mark.slow
 def test_dcgan_init_statistics():
   g_vars = _init(models.Generator(64, 3, 64), jnp.zeros((1, 100)))
   d_vars = _init(models.Discriminator(64, 64), jnp.zeros((1, 64, 64, 3)))
@@ -133,6 +135,7 @@ def test_unsupported_size_raises():
     _shapes(models.Generator(48, 3, 8), jnp.zeros((1, 16)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["matmul", "auto"])
 def test_downconv_impls_share_parameters_and_outputs(g32, impl):
   z, g_vars = g32
@@ -152,6 +155,7 @@ def test_upconv_impls_share_parameters_and_outputs(g32, impl):
   np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_outputs(g32):
   z, g_vars = g32
   g16 = models.Generator(32, 3, ngf=8, dtype="bfloat16")

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the program in subprocesses
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Runs main.py as `python main.py ...` would, recording: every file this process opens for

@@ -89,6 +89,7 @@ def test_reference_itself_on_a_hand_computed_case():
   np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), 2.0))
 
 
+@pytest.mark.slow
 def test_gradients_of_all_forms_agree():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(2, 4, 4, 6)).astype(np.float32)

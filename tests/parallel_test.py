@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 _SAME_STEPS = """
 import json, dataclasses, jax, numpy as np
 from dcgan_jax import parallel, steps
-from conftest import tiny_gan
+from conftest import tiny_config, tiny_gan
 assert len(jax.devices()) == 8
 images = np.random.default_rng(0).integers(0, 256, (3, 16, 32, 32, 1), dtype=np.uint8)
 run = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
@@ -27,7 +27,7 @@ for n in (1, 4, 8):
   # Adam with a large eps updates in proportion to the gradient, so that float rounding is not
   # magnified into lr * sign(g) as in Adam's first steps with eps 1e-8.
   adam = steps.Adam(learning_rate=1e-2, eps=1.0)
-  gan = dataclasses.replace(tiny_gan(batch_size=16), g_opt=adam, d_opt=adam,
+  gan = dataclasses.replace(tiny_gan(), g_opt=adam, d_opt=adam,
                             batch_sharding=parallel.batch_sharding(mesh))
   state = jax.device_put(steps.init_train_state(gan, 0), parallel.replicated(mesh))
   batch = jax.device_put(images, parallel.batch_sharding(mesh, batch_axis=1))
@@ -49,6 +49,7 @@ def _run_on_8_devices(code: str, cwd: pathlib.Path) -> subprocess.CompletedProce
                         cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_one_four_and_eight_devices_take_the_same_steps(tmp_path):
   result = _run_on_8_devices(_SAME_STEPS, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -69,7 +70,7 @@ def test_one_four_and_eight_devices_take_the_same_steps(tmp_path):
 _RESTORE_ELSEWHERE = """
 import sys, jax, numpy as np
 from dcgan_jax import train
-from train_test import tiny_config
+from conftest import tiny_config
 workdir, devices, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 config = tiny_config(steps)
 config.num_devices = devices
@@ -79,6 +80,7 @@ np.save(workdir + f"/g_{devices}_{steps}.npy", np.concatenate(
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_written_with_4_devices_trains_on_1(tmp_path):
   code = _RESTORE_ELSEWHERE
   env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
@@ -102,6 +104,7 @@ def test_batch_must_divide_by_the_devices():
     parallel.make_mesh(99)
 
 
+@pytest.mark.slow
 def test_indivisible_batch_is_a_one_line_error(tmp_path):
   result = _run_on_8_devices(
       "import sys\nfrom dcgan_jax import parallel\n"

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan_jax import configuration, sampling, train
+from dcgan_jax import configuration, sampling, steps, train
+from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
-from train_test import tiny_config
+from conftest import tiny_config, tiny_gan
+
+pytestmark = pytest.mark.slow  # trains a run
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +100,42 @@ def test_interpolation_gif_and_strip(workdir):
   assert Image.open(strip).size == (5 * 34 + 2, 34 + 2)
   # The strip's ends are the generated images of the two seeds' first latents.
   row = np.asarray(Image.open(strip))
-  config, gan, state, _ = sampling.restore_for_sampling(workdir, 5)
-  z = sampling.slerp(sampling.sample_noise(4, 1, config.nz)[0],
-                     sampling.sample_noise(5, 1, config.nz)[0], np.linspace(0, 1, 5))
-  expected = sampling.generate_uint8(gan, state, z, "train")
+  config, gan, state, _ = workdir_lib.restore(workdir)
+  noise = lambda seed: sampling.fixed_noise(seed, 1, config.nz, sampling.SAMPLE_SALT)[0]
+  z = sampling.slerp(noise(4), noise(5), np.linspace(0, 1, 5))
+  expected = sampling.generate_images(gan, state, z, 4, "train")  # in batches of the grid
   np.testing.assert_array_equal(row[2:34, 2:34], expected[0, ..., 0])
   np.testing.assert_array_equal(row[2:34, 4 * 34 + 2:5 * 34], expected[4, ..., 0])
+
+
+def test_one_generation_policy_for_every_number_of_images():
+  gan = tiny_gan()
+  state = steps.init_train_state(gan, 0)
+  z = sampling.fixed_noise(0, 10, gan.nz, sampling.EVAL_SALT)
+  many = sampling.generate_images(gan, state, z, 4, "train")
+  assert many.shape == (10, 32, 32, 1) and many.dtype == np.uint8
+  by_batch = [sampling.generate_images(gan, state, z[i:i + 4], 4, "train") for i in (0, 4)]
+  np.testing.assert_array_equal(many[:8], np.concatenate(by_batch))
+  # The last batch of 2 is filled up with rows 0 and 1, so its statistics are of 4 images.
+  last = sampling.generate_images(gan, state, np.concatenate([z[8:], z[:2]]), 4, "train")
+  np.testing.assert_array_equal(many[8:], last[:2])
+  # A set smaller than a batch repeats its latents: 3 latents in a batch of 8 are 0 1 2 0 1 2 0 1.
+  few = sampling.generate_images(gan, state, z[:3], 8, "train")
+  repeated = sampling.generate_images(gan, state, z[np.array([0, 1, 2, 0, 1, 2, 0, 1])], 8, "train")
+  np.testing.assert_array_equal(few, repeated[:3])
+  # Batch statistics shape the images in 'train' mode; in 'eval' mode the batch does not.
+  assert not np.array_equal(many[:3], few)
+  alone = sampling.generate_images(gan, state, z[:3], 8, "eval").astype(int)
+  among = sampling.generate_images(gan, state, z, 4, "eval")[:3].astype(int)
+  assert np.abs(alone - among).max() <= 1  # at most a rounding apart
+  # Every batch has one size: a third call of another N compiles nothing new.
+  traces = sampling.traces()
+  sampling.generate_images(gan, state, z[:7], 4, "train")
+  assert sampling.traces() == traces
+
+
+def test_fixed_noise_is_fixed_by_seed_and_salt():
+  a = sampling.fixed_noise(0, 10, 16, sampling.EVAL_SALT)
+  np.testing.assert_array_equal(a, sampling.fixed_noise(0, 10, 16, sampling.EVAL_SALT))
+  assert not np.array_equal(a, sampling.fixed_noise(1, 10, 16, sampling.EVAL_SALT))
+  assert not np.array_equal(a, sampling.fixed_noise(0, 10, 16, sampling.SAMPLE_SALT))

@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 
 from dcgan_jax import losses, steps
-from conftest import jit_apply_train, jit_d_step, jit_g_step, jit_train_step, tiny_gan
-
-
-def _equal(a, b) -> bool:
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+from conftest import jit_apply_train, jit_d_step, jit_g_step, jit_train_step, tiny_gan, trees_close
 
 
 def _all_differ(a, b) -> bool:
@@ -31,24 +27,26 @@ def test_d_step_changes_d_only(gan, state, real_batch):
   new, metrics = jit_d_step(gan, state, real_batch)
   assert _all_differ(new.d_params, state.d_params)
   assert _all_differ(new.d_batch_stats, state.d_batch_stats)
-  assert not _equal(new.d_opt_state, state.d_opt_state)
+  assert not trees_close(new.d_opt_state, state.d_opt_state)
   for field in ("g_params", "g_batch_stats", "g_opt_state", "step", "rng"):
-    assert _equal(getattr(new, field), getattr(state, field)), field
+    assert trees_close(getattr(new, field), getattr(state, field)), field
   assert all(bool(jnp.isfinite(v)) for v in metrics.values())
 
 
+@pytest.mark.slow
 def test_g_step_changes_g_only(gan, state):
-  new, metrics = jit_g_step(gan, state)
+  new, metrics = jit_g_step(gan, state, 4)
   assert _all_differ(new.g_params, state.g_params)
   assert _all_differ(new.g_batch_stats, state.g_batch_stats)
   assert int(new.step) == 1
   for field in ("d_params", "d_batch_stats", "d_opt_state", "rng"):
-    assert _equal(getattr(new, field), getattr(state, field)), field
+    assert trees_close(getattr(new, field), getattr(state, field)), field
   assert all(bool(jnp.isfinite(v)) for v in metrics.values())
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_and_nonzero(gan, state, real_batch):
-  z = steps.step_noise(gan, state)
+  z = steps.step_noise(gan, state, 4)
 
   def g_loss(g_params):
     fake, _ = jit_apply_train(gan.generator, g_params, state.g_batch_stats, z)
@@ -64,7 +62,7 @@ def test_d_step_loss_and_metrics_match_a_hand_written_forward(gan, state, real_b
   _, metrics = jit_d_step(gan, state, real_batch)
   real = real_batch.astype(np.float32) / 127.5 - 1
   fake, _ = jit_apply_train(gan.generator, state.g_params, state.g_batch_stats,
-                               steps.step_noise(gan, state))
+                               steps.step_noise(gan, state, 4))
   real_logits, stats = jit_apply_train(gan.discriminator, state.d_params,
                                           state.d_batch_stats, real)
   fake_logits, _ = jit_apply_train(gan.discriminator, state.d_params, stats, fake)
@@ -79,7 +77,7 @@ def test_d_running_stats_are_updated_by_real_then_fake(gan, state, real_batch):
   new, _ = jit_d_step(gan, state, real_batch)
   real = real_batch.astype(np.float32) / 127.5 - 1
   fake, _ = jit_apply_train(gan.generator, state.g_params, state.g_batch_stats,
-                               steps.step_noise(gan, state))
+                               steps.step_noise(gan, state, 4))
   _, after_real = jit_apply_train(gan.discriminator, state.d_params, state.d_batch_stats, real)
   _, after_both = jit_apply_train(gan.discriminator, state.d_params, after_real, fake)
   for got, want, real_only in zip(jax.tree.leaves(new.d_batch_stats), jax.tree.leaves(after_both),
@@ -92,11 +90,12 @@ def test_g_step_trains_on_the_d_steps_fake_batch(gan, state, real_batch):
   # Both steps of one iteration draw the same z, so D(G(z)) before the G update
   # is computed on the batch that D just trained against.
   after_d, _ = jit_d_step(gan, state, real_batch)
-  np.testing.assert_array_equal(steps.step_noise(gan, state), steps.step_noise(gan, after_d))
-  after_g, _ = jit_g_step(gan, after_d)
-  assert not np.array_equal(steps.step_noise(gan, after_d), steps.step_noise(gan, after_g))
+  np.testing.assert_array_equal(steps.step_noise(gan, state, 4), steps.step_noise(gan, after_d, 4))
+  after_g, _ = jit_g_step(gan, after_d, 4)
+  assert not np.array_equal(steps.step_noise(gan, after_d, 4), steps.step_noise(gan, after_g, 4))
 
 
+@pytest.mark.slow
 def test_label_smoothing_changes_the_d_loss_by_the_hand_computed_amount(state, real_batch):
   _, plain = jit_d_step(tiny_gan(), state, real_batch)
   _, smooth = jit_d_step(tiny_gan(label_smoothing=0.1), state, real_batch)
@@ -108,11 +107,12 @@ def test_label_smoothing_changes_the_d_loss_by_the_hand_computed_amount(state, r
   assert diff == pytest.approx(0.1 * float(jnp.mean(logits)), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_train_step_is_d_step_then_g_step(gan, state, real_batch):
   # train_step runs G forward once and reuses it for the G update (jax.vjp).
   combined, m = jit_train_step(gan, state, real_batch)
   s, d_metrics = jit_d_step(gan, state, real_batch)
-  s, g_metrics = jit_g_step(gan, s)
+  s, g_metrics = jit_g_step(gan, s, 4)
   for a, b in zip(jax.tree.leaves(combined), jax.tree.leaves(s)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert set(m) == set(d_metrics) | set(g_metrics)
@@ -124,10 +124,10 @@ def test_same_seed_same_state_other_seed_differs(gan, real_batch):
   a = steps.init_train_state(gan, 3)
   b = steps.init_train_state(gan, 3)
   c = steps.init_train_state(gan, 4)
-  assert _equal(a, b) and not _equal(a.g_params, c.g_params)
+  assert trees_close(a, b) and not trees_close(a.g_params, c.g_params)
   a, _ = jit_train_step(gan, a, real_batch)
   b, _ = jit_train_step(gan, b, real_batch)
-  assert _equal(a, b)
+  assert trees_close(a, b)
 
 
 def test_generate_bn_modes(gan, state):
@@ -146,6 +146,7 @@ def test_to_float_range():
   np.testing.assert_allclose(x, [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-7)
 
 
+@pytest.mark.slow
 def test_train_steps_scan_equals_single_steps(gan, state, real_batch):
   rng = np.random.default_rng(1)
   chunk = rng.integers(0, 256, (3,) + real_batch.shape, dtype=np.uint8)
@@ -159,6 +160,7 @@ def test_train_steps_scan_equals_single_steps(gan, state, real_batch):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_steps_gather_equals_train_steps(gan, state):
   data = np.random.default_rng(2).integers(0, 256, (10, 32, 32, 1), dtype=np.uint8)
   indices = np.array([[0, 3, 5, 9], [1, 2, 4, 8]], np.int32)
@@ -168,6 +170,7 @@ def test_train_steps_gather_equals_train_steps(gan, state):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_generator_ema_follows_the_hand_computed_average(gan, real_batch):
   ema_gan = dataclasses.replace(gan, g_ema_decay=0.9)
   state = steps.init_train_state(ema_gan, 0)

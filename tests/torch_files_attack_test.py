@@ -325,6 +325,7 @@ def test_registered_extension_code_is_refused_as_an_opcode(tmp_path):
     copyreg.remove_extension("os", "system", 0x7A11)
 
 
+@pytest.mark.slow
 def test_large_storage_read_as_a_stream_under_a_memory_limit(tmp_path):
   """A declared 512 MiB storage whose one tensor uses 4 elements: read as a stream, the rest
   passed through to its declared end and CRC, never held."""

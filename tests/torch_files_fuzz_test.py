@@ -20,6 +20,8 @@ import pytest
 
 from dcgan_jax import torch_files
 
+pytestmark = pytest.mark.slow  # reads 1,500 files with the reader and torch
+
 torch = pytest.importorskip("torch")
 
 ITERATIONS = 1500  # about 20 s here

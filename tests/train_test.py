@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -10,27 +11,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import celeba, default
+from configs import celeba
 from dcgan_jax import metrics, train
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_config, trees_close
 
-
-def tiny_config(steps: int):
-  config = default.get_config()
-  config.ngf = config.ndf = 8
-  config.batch_size = 16
-  config.num_train_steps = steps
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 3
-  config.sample_every_steps = 3
-  config.num_sample_images = 4
-  config.evaluator = ""  # evaluation has its own tests (evaluation_test.py)
-  config.steps_per_dispatch = 1  # the other values are compared against this one below
-  return config
-
-
-def _leaves_equal(a, b):
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+pytestmark = pytest.mark.slow  # trains runs
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +46,18 @@ def test_run_writes_every_output(six_step_run):
 
 
 def test_resumed_run_continues_and_equals_an_uninterrupted_run(six_step_run, tmp_path):
-  workdir, _ = six_step_run
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(six_step_run[0], workdir)  # its own copy: the fixture's run stays at step 6
   resumed = train.train_and_evaluate(tiny_config(9), workdir)
   assert int(resumed.step) == 9
   rows = metrics.read_metrics(os.path.join(workdir, "metrics.csv"))
   assert [r["step"] for r in rows] == ["2", "4", "6", "8", "9"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6", "9"]
-  straight = train.train_and_evaluate(tiny_config(9), str(tmp_path))
-  assert _leaves_equal(jax.device_get(resumed), jax.device_get(straight))
+  straight = train.train_and_evaluate(tiny_config(9), str(tmp_path / "straight"))
+  assert trees_close(jax.device_get(resumed), jax.device_get(straight))
   untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
                           for r in rows]
-  assert untimed(rows) == untimed(metrics.read_metrics(str(tmp_path / "metrics.csv")))
+  assert untimed(rows) == untimed(metrics.read_metrics(str(tmp_path / "straight" / "metrics.csv")))
 
 
 @pytest.mark.parametrize("field,value", [("data_on_device", True), ("steps_per_dispatch", 4)])

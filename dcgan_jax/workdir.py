@@ -1,0 +1,88 @@
+"""What a workdir holds: checks before a run writes there, config.json, and its latest or best
+checkpoint restored for use (sampling, evaluation, the page, export)."""
+
+import json
+import os
+import socket
+
+import ml_collections
+from absl import logging
+
+from dcgan_jax import checkpoint, configuration, steps
+from dcgan_jax.errors import UsageError
+
+CHECKPOINTS = "checkpoints"  # the latest checkpoints of the run
+BEST = "best"  # the best checkpoint by config.best_metric
+_MODEL_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf")
+
+
+def checkpoint_dir(workdir: str, which: str = "latest") -> str:
+  """Returns the folder of the workdir's latest or best checkpoints."""
+  if which not in ("latest", "best"):
+    raise UsageError(f"checkpoint={which!r} is not 'latest' or 'best'")
+  return os.path.join(workdir, CHECKPOINTS if which == "latest" else BEST)
+
+
+def check_writable(workdir: str) -> None:
+  """Creates workdir if needed and proves it is writable, touching nothing in it."""
+  probe = os.path.join(workdir, f".write_probe_{socket.gethostname()}_{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f"--workdir={workdir!r} cannot be written: {e.strerror or e}") from e
+
+
+def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir whose checkpoints are of another model, as its config.json tells,
+  before any work starts (the checkpoints' own shapes are checked again as they restore)."""
+  path = os.path.join(workdir, "config.json")
+  if not checkpoint.has_steps(checkpoint_dir(workdir)) or not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    logging.warning("%s cannot be read; the checkpoints' shapes will be checked", path)
+    return
+  for field in _MODEL_FIELDS:
+    if field in saved and saved[field] != config[field]:
+      raise UsageError(f"--workdir={workdir} holds a run trained with config.{field}="
+                       f"{saved[field]!r} (its config.json), this config has {config[field]!r}: "
+                       "use the run's config to resume it, or another --workdir")
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json atomically."""
+  path = os.path.join(workdir, "config.json")
+  with open(f"{path}.tmp", "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  os.replace(f"{path}.tmp", path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """Reads the config a workdir's run was trained with, fields added since filled in with the
+  values that reproduce it."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UsageError(f"--workdir={workdir!r} has no config.json: train there first")
+  with open(path) as f:
+    saved = json.load(f)
+  return ml_collections.ConfigDict({**configuration.ADDED_FIELD_DEFAULTS, **saved})
+
+
+def restore(workdir: str, which: str = "latest"
+            ) -> tuple[ml_collections.ConfigDict, steps.GAN, steps.TrainState, int]:
+  """Restores (config, GAN, state, step) of the workdir's latest or best checkpoint."""
+  folder = checkpoint_dir(workdir, which)
+  config = load_config(workdir)
+  if not os.path.isdir(folder):
+    raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint ({folder} is missing)")
+  gan = steps.gan_from_config(config)
+  found = checkpoint.restore_newest(folder, steps.abstract_train_state(gan))
+  if found is None:
+    raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint to sample from")
+  state, step = found
+  return config, gan, state, step

@@ -1,0 +1,244 @@
+"""Bad input is refused with one line naming the field, file or value, before anything is
+written: every case's message checked in process (train, sample, serve), then a few cases
+through main.py for the exit status, the one line on stderr and the files left untouched."""
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from dcgan_jax import configuration, sampling, serve, train
+from dcgan_jax.errors import RunError, UsageError
+from conftest import make_image_folder, tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# name: (config fields set on tiny_config, what the one line says); "{loop}" is a symlink to
+# itself. Each field has a bound the program can honour.
+CONFIG_VALUES = {
+    "data_dir_symlink_loop": ({"dataset": "imagefolder", "data_dir": "{loop}"},
+                              "config.data_dir='{loop}' cannot be resolved"),
+    "cache_dir_in_proc": ({"cache_dir": "/proc/nope"}, "config.cache_dir='/proc/nope' "),
+    "learning_rate_inf": ({"g_learning_rate": float("inf")},
+                          "config.g_learning_rate=inf must be positive and finite"),
+    "learning_rate_nan": ({"d_learning_rate": float("nan")},
+                          "config.d_learning_rate=nan must be positive and finite"),
+    "epochs_inf": ({"num_train_steps": -1, "num_epochs": float("inf")},
+                   "config.num_epochs=inf must be finite"),
+    "eval_num_samples_1e9": ({"eval_num_samples": 10**9},
+                             "config.eval_num_samples=1000000000 is too large (at most 100,000)"),
+    "num_train_steps_1e30": ({"num_train_steps": 10**30}, "is too large (at most 2,147,483,647)"),
+    "batch_size_1e12": ({"batch_size": 10**12},
+                        "config.batch_size=1000000000000 is too large (at most 65,536)"),
+    "batch_size_0": ({"batch_size": 0}, "config.batch_size=0 must be positive"),
+    "batch_size_2.5": ({"batch_size": 2.5}, "config.batch_size=2.5 is a float; it must be a int"),
+    "batch_size_over_the_dataset": ({"batch_size": 6000},
+                                    "has 5000 readable images, fewer than config.batch_size=6000"),
+    "num_devices_3": ({"num_devices": 3}, "config.num_devices=3 but only 1 cpu"),
+    "ngf_4096": ({"ngf": 4096}, "config.ngf=4096 is too large (at most 512)"),
+    "decode_workers_1e6": ({"decode_workers": 10**6},
+                           "config.decode_workers=1000000 is too large (at most 256)"),
+    "max_image_pixels_0": ({"max_image_pixels": 0}, "config.max_image_pixels=0 must be positive"),
+    "seed_minus_1": ({"seed": -1}, "config.seed=-1 must be in [0, 2**32)"),
+    "label_smoothing_1": ({"label_smoothing": 1.0}, "config.label_smoothing=1.0 must be in [0, 1)"),
+    "image_size_48": ({"image_size": 48}, "config.image_size=48 is not supported"),
+    "unknown_field": ({"num_steps": 100}, "config.num_steps is not a field of configs/default.py "
+                                          "(did you mean num_train_steps?"),
+}
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory) -> pathlib.Path:
+  path = tmp_path_factory.mktemp("loop") / "loop"
+  os.symlink(path, path)
+  return path
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_VALUES))
+def test_config_value_is_refused_before_anything_is_written(name, loop, tmp_path):
+  fields, message = CONFIG_VALUES[name]
+  fields = {k: str(loop) if v == "{loop}" else v for k, v in fields.items()}
+  config = ml_collections.ConfigDict({**tiny_config(2).to_dict(), **fields})
+  workdir = tmp_path / "workdir"
+  with pytest.raises(UsageError, match=re.escape(message.replace("{loop}", str(loop)))) as e:
+    train.train_and_evaluate(config, str(workdir))
+  assert "\n" not in str(e.value)
+  assert not workdir.exists()
+
+
+def test_config_without_a_field_is_refused():
+  fields = tiny_config(2).to_dict()
+  del fields["ngf"]
+  with pytest.raises(UsageError, match=r"config.ngf is missing"):
+    configuration.validate(ml_collections.ConfigDict(fields))
+
+
+# A run on a folder of 40 images, checkpoints at steps 2 and 4, made bad in each way below.
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> pathlib.Path:
+  base = tmp_path_factory.mktemp("trained")
+  images = make_image_folder(base / "images", count=40, size=(40, 40))
+  train.train_and_evaluate(_folder_config(images), str(base / "run"))
+  return base
+
+
+def _folder_config(images: pathlib.Path, **fields):
+  config = tiny_config(4)
+  config.dataset, config.data_dir, config.channels = "imagefolder", str(images), 3
+  config.checkpoint_every_steps = config.log_every_steps = 2
+  for field, value in fields.items():
+    config[field] = value
+  return config
+
+
+def _truncate_arrays(step_dir: pathlib.Path) -> None:
+  for path in step_dir.rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      with open(path, "r+b") as f:
+        f.truncate(10)
+
+
+def _all_damaged(case: pathlib.Path):
+  for step in ("2", "4"):
+    _truncate_arrays(case / "run" / "checkpoints" / step)
+  return _folder_config(case / "images", num_train_steps=6)
+
+
+def _dataset_grew(case: pathlib.Path):
+  make_image_folder(case / "images" / "more", count=3, size=(40, 40), seed=7)
+  return _folder_config(case / "images", num_train_steps=6)
+
+
+def _other_model(case: pathlib.Path):
+  return _folder_config(case / "images", num_train_steps=6, ngf=16)
+
+
+def _other_model_no_config_json(case: pathlib.Path):
+  (case / "run" / "config.json").unlink()
+  return _folder_config(case / "images", num_train_steps=6, ndf=16)
+
+
+def _workdir_is_a_file(case: pathlib.Path):
+  shutil.rmtree(case / "run")
+  (case / "run").write_text("not a folder")
+  return _folder_config(case / "images", num_train_steps=6)
+
+
+def _cache_dir_is_a_file(case: pathlib.Path):
+  return _folder_config(case / "images", num_train_steps=6,
+                        cache_dir=str(case / "run" / "config.json"))
+
+
+WORKDIR_CASES = [
+    (_all_damaged, RunError, "no checkpoint in {run}/checkpoints can be read (the newest, step 4: "),
+    (_dataset_grew, UsageError, "the dataset now has 43 images; the run in {run} was trained on 40"),
+    (_other_model, UsageError, "holds a run trained with config.ngf=8 (its config.json), this "
+                               "config has 16"),
+    (_other_model_no_config_json, UsageError, "checkpoints/4 has d_batch_stats/BatchNorm_0/mean of "
+                                              "shape (16,); this config's model has shape (32,)"),
+    (_workdir_is_a_file, UsageError, "--workdir='{run}' cannot be written"),
+    (_cache_dir_is_a_file, UsageError, "config.json' is not a folder"),
+]
+
+
+def _files(root: pathlib.Path) -> dict[str, bytes]:
+  return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _copy(trained: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  case = tmp_path / "case"
+  shutil.copytree(trained, case, symlinks=True)
+  return case
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make,error,message", WORKDIR_CASES)
+def test_bad_workdir_is_refused_and_left_as_it_was(trained, tmp_path, make, error, message):
+  case = _copy(trained, tmp_path)
+  config = make(case)
+  before = _files(case)
+  with pytest.raises(error) as e:
+    train.train_and_evaluate(config, str(case / "run"))
+  assert message.format(run=case / "run") in str(e.value) and "\n" not in str(e.value)
+  assert _files(case) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kwargs,message", [
+    ({"grid_size": 10**6}, "--grid_size=1000000 is out of range: 1 to 1,024"),
+    ({"interpolation_frames": 10**6}, "--interpolation_frames=1000000 is out of range: 0 to 256"),
+    ({"interpolation_frames": 1}, "an interpolation has 0 or at least 2 frames"),
+    ({"num_images": 10**9}, "--num_images=1000000000 is out of range: 0 to 10,000"),
+    ({"seed": 2**64}, "--sample_seed=18446744073709551616 is out of range: 0 to 2,147,483,647"),
+    ({"seed": -1}, "--sample_seed=-1 is out of range: 0 to 2,147,483,647"),
+    ({"which": "newest"}, "checkpoint='newest' is not 'latest' or 'best'"),
+    ({"ema": True}, "was trained without a generator EMA"),
+])
+def test_bad_sample_request_is_refused_and_writes_nothing(trained, kwargs, message):
+  before = _files(trained)
+  with pytest.raises(UsageError, match=re.escape(message)):
+    sampling.sample_from_workdir(str(trained / "run"), **kwargs)
+  assert _files(trained) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("port", [99999, -1, 0])
+def test_port_out_of_range_is_refused(trained, port):
+  with pytest.raises(UsageError, match=re.escape(f"--port={port} is not a port number (1 to 65535)")):
+    serve.serve(str(trained / "run"), port=port)
+
+
+# Through main.py: exit status, one line on stderr, nothing touched.
+def _main(workdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(ROOT / "main.py"), f"--workdir={workdir}", *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _config_file(case: pathlib.Path, body: str) -> str:
+  path = case / "my_config.py"
+  path.write_text(body)
+  return f"--config={path}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,status,message", [
+    (["--config.g_learning_rate=inf"], 2, "config.g_learning_rate=inf must be positive and finite"),
+    (["--config.num_steps=100"], 2, "--config.num_steps=100: the config has no field 'num_steps' "
+                                    "(Did you mean \"num_train_steps\""),
+    (["--config.batch_size=2.5"], 2, "--config.batch_size=2.5"),
+    (["{syntax_error}"], 2, "line 1: invalid syntax"),
+    (["--mode=sample", "--grid_size=1000000"], 2, "--grid_size=1000000 is out of range"),
+    (["--mode=serve", "--port=99999"], 2, "--port=99999 is not a port number (1 to 65535)"),
+    (["{all_damaged}"], 1, "no checkpoint in {run}/checkpoints can be read"),
+    (["{other_model}"], 2, "holds a run trained with config.ngf=8"),
+])
+def test_main_exits_with_one_line_and_touches_nothing(trained, tmp_path, args, status, message):
+  case = _copy(trained, tmp_path)
+  images = case / "images"
+  folder = ["--config.dataset=imagefolder", f"--config.data_dir={images}", "--config.channels=3",
+            "--config.ngf=8", "--config.ndf=8", "--config.batch_size=16", "--config.evaluator=",
+            "--config.num_train_steps=6"]
+  expanded = []
+  for arg in args:
+    if arg == "{syntax_error}":
+      expanded.append(_config_file(case, "def get_config(:\n"))
+    elif arg == "{all_damaged}":
+      _all_damaged(case)
+      expanded += folder
+    elif arg == "{other_model}":
+      expanded += folder + ["--config.ngf=16"]
+    else:
+      expanded.append(arg)
+  before = _files(case)
+  result = _main(case / "run", *expanded)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == status, result.stderr[-2000:]
+  errors = [line for line in lines if line.startswith("error: ")]  # beside progress logs
+  assert errors == lines[-1:] and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert message.format(run=case / "run") in errors[0], errors[0]
+  assert _files(case) == before

@@ -1,0 +1,60 @@
+"""Golden numbers of a tiny run: its metrics rows, its sample grid and its final state.
+
+These pin results, not code. Update them only for a change that is meant to change what a
+run computes (say which in the commit); a refactoring must leave them exactly as they are.
+"""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcgan_jax import metrics, train
+from conftest import tiny_config
+
+_UPDATE = ("golden numbers changed: update them only for a change meant to change results "
+           "(and say so in the commit); a refactoring must keep them")
+
+_ROWS = [  # step, loss_d, loss_g, d_x, d_g_z1, d_g_z2 as metrics.csv writes them
+    ("2", "1.42563", "0.677633", "0.530391", "0.537165", "0.513093"),
+    ("4", "1.32323", "0.689382", "0.571745", "0.529014", "0.505105"),
+    ("6", "1.19334", "0.702923", "0.644924", "0.524265", "0.49821"),
+]
+_GRID_MEAN = 108.81489795918367
+_STATE_ABS_SUMS = {"g_params": 1039.5567929738886, "d_params": 222.97629199703363,
+                   "g_ema_params": 1039.3613652497565, "g_batch_stats": 30.934391337988927,
+                   "d_batch_stats": 14.687841191225743}
+
+
+@pytest.fixture(scope="module")
+def golden_run(tmp_path_factory):
+  config = tiny_config(6)
+  config.g_ema_decay = 0.9
+  workdir = str(tmp_path_factory.mktemp("golden"))
+  return workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_metrics_rows_are_the_golden_ones(golden_run):
+  workdir, _ = golden_run
+  rows = metrics.read_metrics(os.path.join(workdir, "metrics.csv"))
+  got = [tuple(r[k] for k in ("step", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2"))
+         for r in rows]
+  assert got == _ROWS, _UPDATE
+
+
+def test_sample_grid_is_the_golden_one(golden_run):
+  workdir, _ = golden_run
+  pixels = np.asarray(Image.open(os.path.join(workdir, "samples.png")))
+  assert pixels.shape == (70, 70), _UPDATE
+  # One pixel rounded the other way on another CPU moves the mean by 1/4900.
+  assert pixels.mean() == pytest.approx(_GRID_MEAN, abs=0.005), _UPDATE
+
+
+def test_final_state_is_the_golden_one(golden_run):
+  _, state = golden_run
+  for name, expected in _STATE_ABS_SUMS.items():
+    leaves = jax.tree.leaves(getattr(state, name))
+    got = float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in leaves))
+    assert got == pytest.approx(expected, rel=1e-6), f"{name}: {_UPDATE}"
