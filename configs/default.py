@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_sample_images = 64  # images in each sample grid
   config.sample_bn_mode = "train"  # BatchNorm when sampling: 'train' (batch stats) or 'eval'
   config.max_checkpoints_to_keep = 3  # older checkpoints are deleted; 0 keeps all
+  # TensorBoard event files in workdir/tensorboard (metrics, sample grids, the config):
+  # `tensorboard --logdir WORKDIR`.
+  config.tensorboard = True
 
   # Evaluation: image quality during training (columns of metrics.csv) and with --mode eval.
   # 'classifier': the project's digit classifier (1-channel digits; classifier_fid,

@@ -55,7 +55,7 @@ def _is_closed_loop_report(value: BaseException | None) -> bool:
 
 
 def _is_failed_read(value: BaseException | None) -> bool:
-  """Returns a TensorStore read that failed (its errors carry the spec of what was read)."""
+  """Tells whether an error is a TensorStore read that failed (its errors carry the spec read)."""
   text = str(value) if value is not None else ""
   return "tensorstore_spec" in text and ("Error reading" in text or "Error opening" in text)
 

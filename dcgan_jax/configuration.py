@@ -16,7 +16,7 @@ ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "g_ema_decay": 0.0, "evaluator": "", "eval_every_steps": 0,
                         "eval_num_samples": 10000, "inception_weights": "",
                         "best_metric": "auto", "num_devices": 0,
-                        "max_image_pixels": 120_000_000}
+                        "max_image_pixels": 120_000_000, "tensorboard": False}
 
 MAX_STEPS = 2**31 - 1  # the step counter is int32
 # Upper bounds of integer fields: what the program can honour on one machine.

@@ -278,7 +278,8 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m dcgan_jax.convert",
+  prog = "dcgan-jax-convert" if sys.argv[0].endswith("dcgan-jax-convert") else None
+  parser = argparse.ArgumentParser(prog=prog or "python -m dcgan_jax.convert",
                                    description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
   imp = sub.add_parser("import", help="a PyTorch netG (and netD) into a new workdir")

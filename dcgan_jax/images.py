@@ -49,7 +49,7 @@ def save_png(path: str, image_HxWxC: np.ndarray) -> None:
 
 
 def save_gif(path: str, frames_NxHxWxC: np.ndarray, frame_ms: int = 80, scale: int = 1) -> None:
-  """Returns an endlessly looping animated GIF of uint8 frames (enlarged `scale` times, nearest),
+  """Writes an endlessly looping animated GIF of uint8 frames (enlarged `scale` times, nearest),
   written atomically."""
   pictures = []
   for frame in frames_NxHxWxC:

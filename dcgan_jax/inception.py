@@ -17,9 +17,14 @@ Module and parameter names follow the PyTorch state_dict's keys, so loading is a
 plus the OIHW -> HWIO kernel transpose.
 """
 
+import argparse
 import functools
 import hashlib
+import http.client
 import os
+import sys
+import urllib.error
+import urllib.request
 from typing import Sequence
 
 import flax.linen as nn
@@ -28,11 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from dcgan_jax import torch_files
-from dcgan_jax.errors import UsageError
+from dcgan_jax.errors import RunError, UsageError
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
 WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+WEIGHTS_BYTES = 95_628_359
+WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 INPUT_SIZE = 299
 FEATURES = 2048
 
@@ -277,3 +284,63 @@ def features(variables: dict, images_NxHxWxC: np.ndarray, batch_size: int = 50) 
       batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
     out.append(np.asarray(_features(variables, jnp.asarray(batch)))[:n])
   return np.concatenate(out)
+
+
+def download_weights(to: str, url: str = WEIGHTS_URL, sha256: str = WEIGHTS_SHA256,
+                     size: int = WEIGHTS_BYTES, timeout_s: float = 60.0) -> str:
+  """Downloads the weights file to `to`, at most `size` bytes, checks its size and SHA-256,
+  and renames it into place; nothing is left behind on any failure. Returns the path."""
+  if os.path.isfile(to) and file_sha256(to) == sha256:
+    return to
+  folder = os.path.dirname(os.path.abspath(to))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f"--to={to!r}: cannot create {folder} ({e.strerror or e})") from e
+  partial = f"{to}.part-{os.getpid()}"
+  try:
+    digest, received = hashlib.sha256(), 0
+    with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as f:
+      while block := response.read(1 << 20):
+        received += len(block)
+        if received > size:
+          raise UsageError(f"{url} sends more than the {size:,} bytes of the weights file")
+        digest.update(block)
+        f.write(block)
+    if received != size:
+      raise RunError(f"{url}: {received:,} bytes received, the weights file has {size:,}")
+    if digest.hexdigest() != sha256:
+      raise UsageError(f"{url}: SHA-256 {digest.hexdigest()} is not the weights file's {sha256}")
+    os.replace(partial, to)
+  except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+    raise RunError(f"{url}: the download failed ({getattr(e, 'reason', None) or e})") from e
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+  return to
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs `python -m dcgan_jax.inception download [--to PATH]`."""
+  from dcgan_jax import image_cache  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(prog="python -m dcgan_jax.inception",
+                                   description="The FID Inception's weights file.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  down = sub.add_parser("download", help="fetch pytorch-fid's weights file and verify it")
+  down.add_argument("--to", default=os.path.join(image_cache.default_cache_dir(), WEIGHTS_NAME),
+                    help="where to write it (default: the cache folder)")
+  down.add_argument("--url", default=WEIGHTS_URL, help="a mirror of the file")
+  args = parser.parse_args(argv)
+  try:
+    path = download_weights(args.to, args.url)
+  except (UsageError, RunError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2 if isinstance(e, UsageError) else 1
+  print(f"{path}: SHA-256 verified. Evaluate with --config.evaluator=inception "
+        f"--config.inception_weights={path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

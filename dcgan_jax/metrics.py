@@ -47,26 +47,28 @@ def read_metrics(path: str) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
+def _figure(figsize: tuple[float, float]):
+  """Makes a figure and its axes without pyplot, so that plotting neither needs nor changes
+  matplotlib's backend (a notebook's inline plots keep working)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots()
+
+
 def _save_figure(fig, ax, png_path: str) -> None:
   """Adds the legend and writes the figure as a PNG, atomically."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   ax.legend()
   fig.tight_layout()
   tmp = f"{png_path}.tmp"
   fig.savefig(tmp, format="png", dpi=100)
-  plt.close(fig)
   os.replace(tmp, png_path)
 
 
 def plot_losses(csv_path: str, png_path: str) -> None:
-  """Returns the tutorial's "Generator and Discriminator Loss During Training" plot."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  """Writes the tutorial's "Generator and Discriminator Loss During Training" plot."""
   rows = read_metrics(csv_path)
   step = [int(r["step"]) for r in rows]
-  fig, ax = plt.subplots(figsize=(10, 5))
+  fig, ax = _figure((10, 5))
   ax.plot(step, [float(r["loss_g"]) for r in rows], label="G")
   ax.plot(step, [float(r["loss_d"]) for r in rows], label="D")
   ax.set_title("Generator and Discriminator Loss During Training")
@@ -76,12 +78,8 @@ def plot_losses(csv_path: str, png_path: str) -> None:
 
 
 def plot_eval(csv_path: str, png_path: str, metric: str, floor: float | None = None) -> bool:
-  """Computes `metric` (and its ema_ twin where present) against steps; a dashed line at `floor`
+  """Plots `metric` (and its ema_ twin where present) against steps; a dashed line at `floor`
   (the same metric on held-out real images) where given. False if no row has it."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
   rows = read_metrics(csv_path)
   base = metric.removeprefix("ema_")
   series = {}
@@ -91,7 +89,7 @@ def plot_eval(csv_path: str, png_path: str, metric: str, floor: float | None = N
       series[label] = points
   if not series:
     return False
-  fig, ax = plt.subplots(figsize=(8, 4.5))
+  fig, ax = _figure((8, 4.5))
   for label, points in series.items():
     ax.plot(*zip(*points), marker="o", label=label)
   if floor is not None:

@@ -32,7 +32,7 @@ BatchNorm = functools.partial(
 
 
 def num_stride2_layers(image_size: int) -> int:
-  """Returns number of 2x up- (G) or down-sampling (D) layers between 4x4 and the image."""
+  """Returns the number of 2x up- (G) or down-sampling (D) layers between 4x4 and the image."""
   if image_size not in SUPPORTED_IMAGE_SIZES:
     raise ValueError(f"image_size {image_size} is not one of {SUPPORTED_IMAGE_SIZES}")
   return image_size.bit_length() - 3  # 32 -> 3, 64 -> 4, 128 -> 5

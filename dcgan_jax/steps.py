@@ -237,7 +237,7 @@ def train_steps(gan: GAN, state: TrainState, images_KxBxSxSxC_u8: jax.Array
 
 def train_steps_gather(gan: GAN, state: TrainState, images_NxSxSxC_u8: jax.Array,
                        indices_KxB: jax.Array) -> tuple[TrainState, Metrics]:
-  """Returns train_steps on batches gathered on the device from a dataset held there."""
+  """Runs train_steps on batches gathered on the device from a dataset held there."""
   def body(s, indices_B):
     return train_step(gan, s, jnp.take(images_NxSxSxC_u8, indices_B, axis=0))
   return jax.lax.scan(body, state, indices_KxB)

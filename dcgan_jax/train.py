@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcgan_jax import (checkpoint, configuration, evaluation, input_pipeline, metrics, parallel,
-                       sampling, steps)
+from dcgan_jax import (checkpoint, configuration, evaluation, images, input_pipeline, metrics,
+                       parallel, sampling, steps, summaries)
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import RunError, UsageError
 
@@ -78,6 +78,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
   grid_z = sampling.fixed_noise(config.seed, config.num_sample_images, config.nz,
                                 sampling.SAMPLE_SALT)
   eval_every = config.eval_every_steps if evaluator is not None else 0
+  board = _open_board(config, workdir, start)
   run, prefetcher = _feed(config, gan, data, start, total, mesh)
 
   def due(every: int) -> bool:
@@ -97,9 +98,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
           rows.check_finite(done, state, ckpt)
         evaluated = rows.untimed(evaluator.run, state) if due(eval_every) else {}
         if due(config.log_every_steps) or evaluated:
-          rows.write(done, evaluated)
+          row = rows.write(done, evaluated)
+          if board is not None:
+            board.scalars(done, {k: v for k, v in row.items() if k != "step"})
+            board.flush()
         if due(config.sample_every_steps) and parallel.is_primary():
-          _write_grid(workdir, gan, state, grid_z, config.sample_bn_mode, done, done == total)
+          grid = _write_grid(workdir, gan, state, grid_z, config.sample_bn_mode, done,
+                             done == total)
+          if board is not None:
+            board.image(done, "samples", grid)
         if due(config.checkpoint_every_steps):
           save()
         if done < total and stop.requested(done, config.log_every_steps):
@@ -112,17 +119,35 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
   finally:
     prefetcher.close()
     rows.close()
+    if board is not None:
+      board.close()
   return state
 
 
+def _open_board(config: ml_collections.ConfigDict, workdir: str, start: int
+                ) -> "summaries.EventWriter | None":
+  """Opens the run's TensorBoard event file (process 0, with config.tensorboard) and writes the
+  config; a resumed run has TensorBoard drop what was written past its checkpoint."""
+  if not config.tensorboard or not parallel.is_primary():
+    return None
+  board = summaries.EventWriter(os.path.join(workdir, "tensorboard"),
+                                purge_from_step=start + 1 if start else None)
+  board.text(start, "config", summaries.config_markdown(config.to_dict()))
+  return board
+
+
 def _write_grid(workdir: str, gan: steps.GAN, state: steps.TrainState, z_NxZ: jax.Array,
-                bn_mode: str, step: int, last: bool) -> None:
-  """Writes the fixed-noise grid of a step to samples/ (and, at the end, to samples.png)."""
-  grid = sampling.generate_images(gan, parallel.local_copy(state), z_NxZ, len(z_NxZ), bn_mode)
+                bn_mode: str, step: int, last: bool) -> np.ndarray:
+  """Writes the fixed-noise grid of a step to samples/ (and, at the end, to samples.png);
+  returns it (H, W, C)."""
+  generated = sampling.generate_images(gan, parallel.local_copy(state), z_NxZ, len(z_NxZ),
+                                       bn_mode)
+  grid = images.make_grid(generated)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  sampling.write_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+  images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
   if last:
-    sampling.write_grid(os.path.join(workdir, "samples.png"), grid)
+    images.save_png(os.path.join(workdir, "samples.png"), grid)
+  return grid
 
 
 def _check_dataset_size(extra: dict, num_images: int, workdir: str) -> None:
@@ -192,8 +217,10 @@ class _Rows:
     if not bool(parallel.local_copy(_all_finite(state))):
       _diverged(ckpt, done, "the parameters or optimizer state are not finite")
 
-  def write(self, done: int, evaluated: dict[str, float]) -> None:
-    """Writes the row of step `done`: the means since the last row, the rate, evaluated."""
+  def write(self, done: int, evaluated: dict[str, float]) -> dict[str, float]:
+    """Writes the row of step `done` (the means since the last row, the rate, evaluated) and
+    returns it ({} outside process 0)."""
+    row = {}
     if self.primary:
       row = _mean_row(self.pending)
       elapsed = time.perf_counter() - self.t0
@@ -205,6 +232,7 @@ class _Rows:
       self.writer.write(row)
       self.progress.update(row)
     self.pending, self.timed_steps, self.t0 = [], 0, time.perf_counter()
+    return row
 
   def close(self) -> None:
     if self.progress is not None:
