@@ -7,13 +7,13 @@
   images = run.generate(16, seed=3)               # uint8 (16, 32, 32, 1)
 """
 
-import difflib
 import os
 
 import ml_collections
 import numpy as np
 
-from dcgan_jax import configuration, evaluation, input_pipeline, sampling, steps, train
+from dcgan_jax import (configuration, eval_run, evaluation, input_pipeline, sampling, steps,
+                       train)
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
@@ -28,11 +28,7 @@ def get_config(preset: str = "default", **overrides) -> ml_collections.ConfigDic
     raise UsageError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
   path = os.path.join(os.path.dirname(configuration.DEFAULT_CONFIG_FILE), f"{preset}.py")
   config = configuration.load_config_file(path)
-  for field, value in overrides.items():
-    if field not in config:
-      close = difflib.get_close_matches(field, list(config.keys()), n=1)
-      hint = f" (did you mean {close[0]}?)" if close else ""
-      raise UsageError(f"config.{field} is not a field of configs/default.py{hint}")
+  for field, value in overrides.items():  # an unknown field is refused by validate
     try:
       config[field] = value
     except (TypeError, ValueError) as e:
@@ -53,47 +49,37 @@ class Run:
 
   def __init__(self, workdir: str, which: str, ema: bool):
     self.workdir, self.checkpoint, self.ema = workdir, which, ema
-    self.config, self.gan, self.state, self.step = workdir_lib.restore(workdir, which)
-    if ema and self.state.g_ema_params is None:
-      raise UsageError(f"--workdir={workdir!r} was trained without a generator EMA "
-                       "(config.g_ema_decay=0)")
+    self.config, self.gan, self.state, self.step = workdir_lib.restore(workdir, which, ema)
 
   def generate(self, n: int, seed: int = 0, batch_size: int = 64,
                bn_mode: str | None = None) -> np.ndarray:
     """Generates n images of a seed as uint8 (n, S, S, C): those of `--mode sample
     --sample_seed seed --grid_size batch_size --num_images n`."""
-    _check_range("n", n, 1, sampling.MAX_SINGLE_IMAGES)
-    _check_range("seed", seed, 0, sampling.MAX_SEED)
-    _check_range("batch_size", batch_size, 1, sampling.MAX_GRID_SIZE)
+    sampling.check_range("n", n, 1, sampling.MAX_SINGLE_IMAGES)
+    sampling.check_range("seed", seed, 0, sampling.MAX_SEED)
+    sampling.check_range("batch_size", batch_size, 1, sampling.MAX_GRID_SIZE)
+    bn_mode = sampling.resolve_bn_mode(bn_mode, self.config.sample_bn_mode)
     z = sampling.fixed_noise(seed, max(n, batch_size), self.config.nz, sampling.SAMPLE_SALT)
-    return sampling.generate_images(self.gan, self.state, z, batch_size,
-                                    self._bn_mode(bn_mode), self.ema)[:n]
+    return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema)[:n]
 
   def interpolate(self, seed_a: int, seed_b: int, frames: int = 16, batch_size: int = 64,
                   bn_mode: str | None = None) -> np.ndarray:
     """Generates the slerp from seed_a's first latent to seed_b's as uint8 (frames, S, S, C):
     with seed_b = seed_a + 1, the frames of `--mode sample --interpolation_frames frames`."""
-    _check_range("seed_a", seed_a, 0, sampling.MAX_SEED)
-    _check_range("seed_b", seed_b, 0, sampling.MAX_SEED)
-    _check_range("frames", frames, 2, sampling.MAX_INTERPOLATION_FRAMES)
-    _check_range("batch_size", batch_size, 1, sampling.MAX_GRID_SIZE)
+    sampling.check_range("seed_a", seed_a, 0, sampling.MAX_SEED)
+    sampling.check_range("seed_b", seed_b, 0, sampling.MAX_SEED)
+    sampling.check_range("frames", frames, 2, sampling.MAX_INTERPOLATION_FRAMES)
+    sampling.check_range("batch_size", batch_size, 1, sampling.MAX_GRID_SIZE)
+    bn_mode = sampling.resolve_bn_mode(bn_mode, self.config.sample_bn_mode)
     z = sampling.interpolation_noise(seed_a, seed_b, frames, self.config.nz)
-    return sampling.generate_images(self.gan, self.state, z, batch_size,
-                                    self._bn_mode(bn_mode), self.ema)
+    return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema)
 
   def evaluate(self, evaluator: str | None = None, inception_weights: str | None = None,
                num_samples: int | None = None) -> dict[str, float]:
     """Measures this checkpoint's generator (FID, KID and, with the digit classifier, the
     class histogram) as the run's evaluation does; the run's evaluator unless given."""
-    config = ml_collections.ConfigDict(self.config.to_dict())
-    for field, value in (("evaluator", evaluator), ("inception_weights", inception_weights),
-                         ("eval_num_samples", num_samples)):
-      if value is not None:
-        config[field] = value
-    if not config.evaluator:
-      raise UsageError("this run was trained without an evaluator: give evaluator='classifier' "
-                       "(digits) or evaluator='inception' with inception_weights")
-    configuration.validate(config)
+    config = eval_run.eval_config(self.config, self.workdir, evaluator, inception_weights,
+                                  num_samples, None)
     judge, _ = evaluation.from_config(config, input_pipeline.load_images(config))
     state = self.state
     if self.ema:  # measure the EMA as G
@@ -101,19 +87,7 @@ class Run:
     return evaluation.evaluate_state(judge, self.gan, state, config,
                                      evaluation.eval_noise(config))
 
-  def _bn_mode(self, bn_mode: str | None) -> str:
-    bn_mode = bn_mode or self.config.sample_bn_mode
-    if bn_mode not in ("train", "eval"):
-      raise UsageError(f"bn_mode={bn_mode!r} is not 'train' or 'eval'")
-    return bn_mode
-
-
 def load(workdir: str, checkpoint: str = "latest", ema: bool = False) -> Run:
   """Loads a run's latest or best checkpoint (G's EMA with ema=True) for generating and
   evaluating images."""
   return Run(workdir, checkpoint, ema)
-
-
-def _check_range(name: str, value: int, low: int, high: int) -> None:
-  if not low <= value <= high:
-    raise UsageError(f"{name}={value} is out of range: {low} to {high:,}")

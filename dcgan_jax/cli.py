@@ -27,13 +27,8 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                "configs", "default.py")
 
 
-_OWN_FLAGS = ("config", "workdir", "mode", "port", "host", "sample_seed", "grid_size",
-              "num_images", "interpolation_frames", "checkpoint", "ema", "bn_mode", "evaluator",
-              "inception_weights", "eval_num_samples", "coordinator_address", "num_processes",
-              "process_id", "distributed")
-
-
 def define_flags() -> None:
+  before = set(FLAGS)
   config_flags.DEFINE_config_file(
       "config", _DEFAULT_CONFIG,
       "Training config file; fields are overridden with --config.<field>=<value>.",
@@ -69,7 +64,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("distributed", False,
                     "Call jax.distributed.initialize() and let JAX find the processes "
                     "(Cloud TPU slices, Kubernetes; SLURM and Open MPI are found without it).")
-  for name in _OWN_FLAGS:  # --help lists them, whichever script runs this
+  for name in sorted(set(FLAGS) - before):  # --help lists them, whichever script runs this
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 

@@ -258,10 +258,8 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
 
   from dcgan_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  _, _, state, _ = workdir_lib.restore(workdir, which)
+  _, _, state, _ = workdir_lib.restore(workdir, which, ema)
   state = jax.device_get(state)
-  if ema and state.g_ema_params is None:
-    raise UsageError(f"--ema: the run in {workdir!r} kept no EMA of G (config.g_ema_decay is 0)")
   g_params = state.g_ema_params if ema else state.g_params
   os.makedirs(out_dir, exist_ok=True)
   paths = []

@@ -12,9 +12,12 @@ from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
 
-def _eval_config(workdir: str, evaluator: str | None, inception_weights: str | None,
-                 num_samples: int | None, bn_mode: str | None) -> ml_collections.ConfigDict:
-  config = workdir_lib.load_config(workdir)
+def eval_config(config: ml_collections.ConfigDict, workdir: str, evaluator: str | None,
+                inception_weights: str | None, num_samples: int | None,
+                bn_mode: str | None) -> ml_collections.ConfigDict:
+  """Returns a copy of a workdir's run config with the evaluation settings given (None keeps
+  the run's), checked; UsageError when the run has no evaluator and none is given."""
+  config = ml_collections.ConfigDict(config.to_dict())
   for field, value in (("evaluator", evaluator), ("inception_weights", inception_weights),
                        ("eval_num_samples", num_samples), ("sample_bn_mode", bn_mode)):
     if value is not None:
@@ -33,7 +36,8 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
   """Evaluates the workdir's latest and best checkpoints (G, and its EMA where the run kept
   one), held-out real images where the dataset has them, and the untrained generator of the
   run's seed; writes the results to WORKDIR/eval.json and returns them."""
-  config = _eval_config(workdir, evaluator, inception_weights, num_samples, bn_mode)
+  config = eval_config(workdir_lib.load_config(workdir), workdir, evaluator, inception_weights,
+                       num_samples, bn_mode)
   data = input_pipeline.load_images(config)
   judge, held_out = evaluation.from_config(config, data)
   z = evaluation.eval_noise(config)

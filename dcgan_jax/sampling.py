@@ -58,6 +58,21 @@ def generate_images(gan: steps.GAN, state: steps.TrainState, z_NxZ: jax.Array,
   return np.concatenate(jax.device_get(batches))[:n]
 
 
+def check_range(name: str, value: int, low: int, high: int) -> None:
+  """Raises UsageError naming a request's value outside [low, high]."""
+  if not low <= value <= high:
+    raise UsageError(f"{name}={value} is out of range: {low} to {high:,}")
+
+
+def resolve_bn_mode(bn_mode: str | None, run_default: str) -> str:
+  """Returns the BatchNorm mode to sample with (the run's own when None), or raises
+  UsageError for another value than 'train' or 'eval'."""
+  bn_mode = bn_mode or run_default
+  if bn_mode not in ("train", "eval"):
+    raise UsageError(f"bn_mode={bn_mode!r} is not 'train' or 'eval'")
+  return bn_mode
+
+
 def write_grid(path: str, images_u8: np.ndarray) -> None:
   images.save_png(path, images.make_grid(images_u8))
 
@@ -96,17 +111,11 @@ def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
                                  ("num_images", num_images, 0, MAX_SINGLE_IMAGES),
                                  ("interpolation_frames", interpolation_frames, 0,
                                   MAX_INTERPOLATION_FRAMES)):
-    if not low <= value <= high:
-      raise UsageError(f"--{name}={value} is out of range: {low} to {high:,}")
+    check_range(f"--{name}", value, low, high)
   if interpolation_frames == 1:
     raise UsageError("--interpolation_frames=1: an interpolation has 0 or at least 2 frames")
-  config, gan, state, step = workdir_lib.restore(workdir, which)
-  bn_mode = bn_mode or config.sample_bn_mode
-  if bn_mode not in ("train", "eval"):
-    raise UsageError(f"bn_mode={bn_mode!r} is not 'train' or 'eval'")
-  if ema and state.g_ema_params is None:
-    raise UsageError(f"--workdir={workdir!r} was trained without a generator EMA "
-                     "(config.g_ema_decay=0)")
+  config, gan, state, step = workdir_lib.restore(workdir, which, ema)
+  bn_mode = resolve_bn_mode(bn_mode, config.sample_bn_mode)
 
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)

@@ -9,7 +9,6 @@ its file with a SessionLog START at the step after its checkpoint, which tells T
 drop what a stopped run wrote past that step, so that no step is shown twice.
 """
 
-import io
 import json
 import math
 import os
@@ -18,7 +17,8 @@ import struct
 import time
 
 import numpy as np
-from PIL import Image
+
+from dcgan_jax import images
 
 
 def _crc32c_table() -> list[int]:
@@ -103,12 +103,9 @@ class EventWriter:
 
   def image(self, step: int, tag: str, image_u8: np.ndarray) -> None:
     """Writes a uint8 image (H, W, 1 or 3) as a PNG under tag."""
-    buffer = io.BytesIO()
-    Image.fromarray(image_u8[..., 0] if image_u8.shape[-1] == 1 else image_u8).save(
-        buffer, format="PNG")
     height, width, channels = image_u8.shape
     encoded = (_field(1, height) + _field(2, width) + _field(3, channels)
-               + _field(4, buffer.getvalue()))
+               + _field(4, images.png_bytes(image_u8)))
     self._summary(step, _field(1, tag) + _field(4, encoded))
 
   def text(self, step: int, tag: str, text: str) -> None:

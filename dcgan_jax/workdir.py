@@ -73,9 +73,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**configuration.ADDED_FIELD_DEFAULTS, **saved})
 
 
-def restore(workdir: str, which: str = "latest"
+def restore(workdir: str, which: str = "latest", ema: bool = False
             ) -> tuple[ml_collections.ConfigDict, steps.GAN, steps.TrainState, int]:
-  """Restores (config, GAN, state, step) of the workdir's latest or best checkpoint."""
+  """Restores (config, GAN, state, step) of the workdir's latest or best checkpoint; with
+  ema=True, refuses a run that kept no EMA of G."""
   folder = checkpoint_dir(workdir, which)
   config = load_config(workdir)
   if not os.path.isdir(folder):
@@ -85,4 +86,7 @@ def restore(workdir: str, which: str = "latest"
   if found is None:
     raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint to sample from")
   state, step = found
+  if ema and state.g_ema_params is None:
+    raise UsageError(f"--workdir={workdir!r} was trained without a generator EMA "
+                     "(config.g_ema_decay=0)")
   return config, gan, state, step

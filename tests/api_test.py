@@ -27,7 +27,8 @@ def test_presets_load_and_take_overrides(tmp_path):
 @pytest.mark.parametrize("preset,overrides,message", [
     ("nope", {}, "preset 'nope' is not one of default, celeba"),
     ("default", {"num_steps": 5}, "config.num_steps is not a field of configs/default.py "
-                                  "(did you mean num_train_steps?)"),
+                                  "(did you mean num_train_steps? a misspelt field would be "
+                                  "ignored)"),
     ("default", {"batch_size": 2.5}, "config.batch_size=2.5 is a float; it must be a int"),
     ("default", {"batch_size": 0}, "config.batch_size=0 must be positive"),
     ("default", {"g_learning_rate": float("nan")}, "config.g_learning_rate=nan must be positive"),

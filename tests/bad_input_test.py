@@ -14,7 +14,7 @@ import pytest
 
 from dcgan_jax import configuration, sampling, serve, train
 from dcgan_jax.errors import RunError, UsageError
-from conftest import make_image_folder, tiny_config
+from conftest import folder_run_config, make_image_folder, tiny_config, truncate_checkpoint_arrays
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -78,59 +78,34 @@ def test_config_without_a_field_is_refused():
     configuration.validate(ml_collections.ConfigDict(fields))
 
 
-# A run on a folder of 40 images, checkpoints at steps 2 and 4, made bad in each way below.
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> pathlib.Path:
-  base = tmp_path_factory.mktemp("trained")
-  images = make_image_folder(base / "images", count=40, size=(40, 40))
-  train.train_and_evaluate(_folder_config(images), str(base / "run"))
-  return base
-
-
-def _folder_config(images: pathlib.Path, **fields):
-  config = tiny_config(4)
-  config.dataset, config.data_dir, config.channels = "imagefolder", str(images), 3
-  config.checkpoint_every_steps = config.log_every_steps = 2
-  for field, value in fields.items():
-    config[field] = value
-  return config
-
-
-def _truncate_arrays(step_dir: pathlib.Path) -> None:
-  for path in step_dir.rglob("*"):
-    if path.is_file() and path.parent.name == "d":
-      with open(path, "r+b") as f:
-        f.truncate(10)
-
-
 def _all_damaged(case: pathlib.Path):
   for step in ("2", "4"):
-    _truncate_arrays(case / "run" / "checkpoints" / step)
-  return _folder_config(case / "images", num_train_steps=6)
+    truncate_checkpoint_arrays(case / "run" / "checkpoints" / step)
+  return folder_run_config(case / "images", num_train_steps=6)
 
 
 def _dataset_grew(case: pathlib.Path):
   make_image_folder(case / "images" / "more", count=3, size=(40, 40), seed=7)
-  return _folder_config(case / "images", num_train_steps=6)
+  return folder_run_config(case / "images", num_train_steps=6)
 
 
 def _other_model(case: pathlib.Path):
-  return _folder_config(case / "images", num_train_steps=6, ngf=16)
+  return folder_run_config(case / "images", num_train_steps=6, ngf=16)
 
 
 def _other_model_no_config_json(case: pathlib.Path):
   (case / "run" / "config.json").unlink()
-  return _folder_config(case / "images", num_train_steps=6, ndf=16)
+  return folder_run_config(case / "images", num_train_steps=6, ndf=16)
 
 
 def _workdir_is_a_file(case: pathlib.Path):
   shutil.rmtree(case / "run")
   (case / "run").write_text("not a folder")
-  return _folder_config(case / "images", num_train_steps=6)
+  return folder_run_config(case / "images", num_train_steps=6)
 
 
 def _cache_dir_is_a_file(case: pathlib.Path):
-  return _folder_config(case / "images", num_train_steps=6,
+  return folder_run_config(case / "images", num_train_steps=6,
                         cache_dir=str(case / "run" / "config.json"))
 
 
@@ -150,16 +125,16 @@ def _files(root: pathlib.Path) -> dict[str, bytes]:
   return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _copy(trained: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+def _copy(folder_run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
   case = tmp_path / "case"
-  shutil.copytree(trained, case, symlinks=True)
+  shutil.copytree(folder_run, case, symlinks=True)
   return case
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("make,error,message", WORKDIR_CASES)
-def test_bad_workdir_is_refused_and_left_as_it_was(trained, tmp_path, make, error, message):
-  case = _copy(trained, tmp_path)
+def test_bad_workdir_is_refused_and_left_as_it_was(folder_run, tmp_path, make, error, message):
+  case = _copy(folder_run, tmp_path)
   config = make(case)
   before = _files(case)
   with pytest.raises(error) as e:
@@ -179,18 +154,18 @@ def test_bad_workdir_is_refused_and_left_as_it_was(trained, tmp_path, make, erro
     ({"which": "newest"}, "checkpoint='newest' is not 'latest' or 'best'"),
     ({"ema": True}, "was trained without a generator EMA"),
 ])
-def test_bad_sample_request_is_refused_and_writes_nothing(trained, kwargs, message):
-  before = _files(trained)
+def test_bad_sample_request_is_refused_and_writes_nothing(folder_run, kwargs, message):
+  before = _files(folder_run)
   with pytest.raises(UsageError, match=re.escape(message)):
-    sampling.sample_from_workdir(str(trained / "run"), **kwargs)
-  assert _files(trained) == before
+    sampling.sample_from_workdir(str(folder_run / "run"), **kwargs)
+  assert _files(folder_run) == before
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("port", [99999, -1, 0])
-def test_port_out_of_range_is_refused(trained, port):
+def test_port_out_of_range_is_refused(folder_run, port):
   with pytest.raises(UsageError, match=re.escape(f"--port={port} is not a port number (1 to 65535)")):
-    serve.serve(str(trained / "run"), port=port)
+    serve.serve(str(folder_run / "run"), port=port)
 
 
 # Through main.py: exit status, one line on stderr, nothing touched.
@@ -217,8 +192,8 @@ def _config_file(case: pathlib.Path, body: str) -> str:
     (["{all_damaged}"], 1, "no checkpoint in {run}/checkpoints can be read"),
     (["{other_model}"], 2, "holds a run trained with config.ngf=8"),
 ])
-def test_main_exits_with_one_line_and_touches_nothing(trained, tmp_path, args, status, message):
-  case = _copy(trained, tmp_path)
+def test_main_exits_with_one_line_and_touches_nothing(folder_run, tmp_path, args, status, message):
+  case = _copy(folder_run, tmp_path)
   images = case / "images"
   folder = ["--config.dataset=imagefolder", f"--config.data_dir={images}", "--config.channels=3",
             "--config.ngf=8", "--config.ndf=8", "--config.batch_size=16", "--config.evaluator=",

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from dcgan_jax import inception, steps
+from dcgan_jax import inception, steps, train
 from dcgan_jax.models import Discriminator, Generator
 
 
@@ -32,6 +32,35 @@ def tiny_config(num_steps: int):
   config.evaluator = ""
   config.steps_per_dispatch = 1
   return config
+
+
+def folder_run_config(images: pathlib.Path, **fields):
+  """tiny_config(4) on a folder of RGB images, rows and checkpoints every 2 steps, with fields
+  set."""
+  config = tiny_config(4)
+  config.dataset, config.data_dir, config.channels = "imagefolder", str(images), 3
+  config.checkpoint_every_steps = config.log_every_steps = 2
+  for field, value in fields.items():
+    config[field] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory) -> pathlib.Path:
+  """A folder holding images/ (40 images) and run/ (folder_run_config trained: checkpoints 2
+  and 4); tests copy it before changing it."""
+  base = tmp_path_factory.mktemp("folder_run")
+  images = make_image_folder(base / "images", count=40, size=(40, 40))
+  train.train_and_evaluate(folder_run_config(images), str(base / "run"))
+  return base
+
+
+def truncate_checkpoint_arrays(step_dir: pathlib.Path) -> None:
+  """Cuts every array file of a checkpoint step to 10 bytes (a damaged checkpoint)."""
+  for path in step_dir.rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      with open(path, "r+b") as f:
+        f.truncate(10)
 
 
 def trees_close(a, b, rtol: float = 0.0, atol: float = 0.0) -> bool:

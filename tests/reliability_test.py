@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, tiny_config, trees_close
-from dcgan_jax import checkpoint, metrics, steps, train
+from conftest import tiny_config, trees_close, truncate_checkpoint_arrays
+from dcgan_jax import checkpoint, metrics, steps
 
 pytestmark = pytest.mark.slow  # runs the program in subprocesses
 
@@ -161,24 +161,6 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   assert metrics.read_metrics(str(workdir / "metrics.csv")) == []  # no row of a NaN step
 
 
-# Bad workdirs, made from one trained run on a folder of images.
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  base = tmp_path_factory.mktemp("trained")
-  images = make_image_folder(base / "images", count=40, size=(40, 40))
-  workdir = base / "run"
-  config = _folder_config(images)
-  train.train_and_evaluate(config, str(workdir))
-  return base, images, workdir
-
-
-def _folder_config(images):
-  config = tiny_config(4)
-  config.dataset, config.data_dir, config.channels = "imagefolder", str(images), 3
-  config.checkpoint_every_steps = config.log_every_steps = 2
-  return config
-
-
 def _folder_args(images) -> list[str]:
   return ["--config.num_train_steps=6", "--config.ngf=8", "--config.ndf=8",
           "--config.batch_size=16", "--config.dataset=imagefolder",
@@ -187,20 +169,13 @@ def _folder_args(images) -> list[str]:
           "--config.sample_every_steps=3", "--config.num_sample_images=4"]
 
 
-def _truncate_arrays(step_dir: pathlib.Path) -> None:
-  for path in step_dir.rglob("*"):
-    if path.is_file() and path.parent.name == "d":
-      with open(path, "r+b") as f:
-        f.truncate(10)
-
-
-def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_used(trained, tmp_path):
-  base, _, _ = trained
+def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_used(folder_run, tmp_path):
+  base = folder_run
   case = tmp_path / "case"
   shutil.copytree(base, case)
   images, workdir = case / "images", case / "run"
   rows_before = _untimed_rows(workdir)
-  _truncate_arrays(workdir / "checkpoints" / "4")
+  truncate_checkpoint_arrays(workdir / "checkpoints" / "4")
   result = subprocess.run(_main(workdir, *_folder_args(images)), capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
