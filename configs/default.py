@@ -62,6 +62,23 @@ def get_config() -> ml_collections.ConfigDict:
   # (1 - decay) * params after every G step; evaluated alongside G (metrics prefixed ema_).
   config.g_ema_decay = 0.0
 
+  # GAN variants (docs/guide.md#gan-variants); the defaults are the paper's DCGAN.
+  # D's and G's losses: 'bce' (the paper's non-saturating loss), 'hinge', 'lsgan' (least
+  # squares) or 'wgan_gp' (Wasserstein with gradient penalty; its paper trains with learning
+  # rates 1e-4, adam_b1 0.0, adam_b2 0.9 and 5 D updates per G update).
+  config.loss = "bce"
+  # What follows D's inner convolutions: 'batch' (BatchNorm), 'layer' (LayerNorm per image),
+  # 'none', or 'auto': 'layer' for wgan_gp (its penalty needs a critic without BatchNorm),
+  # 'batch' otherwise.
+  config.d_norm = "auto"
+  config.spectral_norm = False  # divide D's kernels by their spectral norm (power iteration)
+  config.gp_weight = 10.0  # wgan_gp: the gradient penalty's weight (lambda)
+  config.r1_weight = 0.0  # > 0: R1 penalty gamma / 2 * E ||grad_x D(x)||^2 on real images
+  # D updates per G update, each on its own real batch (an iteration reads this many batches).
+  config.d_steps_per_g_step = 1
+  # DiffAugment of D's inputs, real and fake alike: '' or any of 'color,translation,cutout'.
+  config.diffaugment = ""
+
   # Reproducibility: fixes initialisation, noise, data order and the sample noise.
   config.seed = 0
 

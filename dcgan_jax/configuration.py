@@ -5,9 +5,9 @@ import importlib.util
 import math
 import os
 
-from dcgan_jax import ops
+from dcgan_jax import augment, losses, ops
 from dcgan_jax.errors import UsageError
-from dcgan_jax.models import SUPPORTED_IMAGE_SIZES
+from dcgan_jax.models import D_NORMS, SUPPORTED_IMAGE_SIZES
 
 
 # Config fields added after the first release, with the values that reproduce runs made
@@ -16,7 +16,10 @@ ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "g_ema_decay": 0.0, "evaluator": "", "eval_every_steps": 0,
                         "eval_num_samples": 10000, "inception_weights": "",
                         "best_metric": "auto", "num_devices": 0,
-                        "max_image_pixels": 120_000_000, "tensorboard": False}
+                        "max_image_pixels": 120_000_000, "tensorboard": False,
+                        "loss": "bce", "d_norm": "auto", "spectral_norm": False,
+                        "gp_weight": 10.0, "r1_weight": 0.0, "d_steps_per_g_step": 1,
+                        "diffaugment": ""}
 
 MAX_STEPS = 2**31 - 1  # the step counter is int32
 # Upper bounds of integer fields: what the program can honour on one machine.
@@ -26,7 +29,8 @@ INT_BOUNDS = {"batch_size": 65_536, "nz": 1_024, "ngf": 512, "ndf": 512,
               "max_checkpoints_to_keep": 1_000_000, "log_every_steps": MAX_STEPS,
               "checkpoint_every_steps": MAX_STEPS, "sample_every_steps": MAX_STEPS,
               "eval_every_steps": MAX_STEPS, "num_train_steps": MAX_STEPS,
-              "max_image_pixels": 178_956_970}  # Pillow refuses larger images itself
+              "max_image_pixels": 178_956_970,  # Pillow refuses larger images itself
+              "d_steps_per_g_step": 100}  # steps.MAX_D_STEPS
 
 
 DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -116,6 +120,7 @@ def validate(config) -> None:
   _require(c.decode_workers >= 0, "decode_workers", c.decode_workers,
            "must be >= 0 (0 uses all cores)")
   _require(0.0 <= c.g_ema_decay < 1.0, "g_ema_decay", c.g_ema_decay, "must be in [0, 1)")
+  _validate_variants(c)
   _validate_evaluation(c)
   _require(c.max_checkpoints_to_keep >= 0, "max_checkpoints_to_keep",
            c.max_checkpoints_to_keep, "must be >= 0 (0 keeps all)")
@@ -153,6 +158,33 @@ def _creatable(path: str) -> bool:
   return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
+def _validate_variants(c) -> None:
+  _require(c.loss in losses.LOSSES, "loss", c.loss, f"is not one of {', '.join(losses.LOSSES)}")
+  _require(c.d_norm in ("auto",) + D_NORMS, "d_norm", c.d_norm,
+           f"is not one of {', '.join(('auto',) + D_NORMS)}")
+  if c.loss == "wgan_gp":
+    _require(c.d_norm != "batch", "d_norm", c.d_norm,
+             "cannot be used with loss='wgan_gp': its gradient penalty is taken per image, and "
+             "BatchNorm mixes the images of a batch; use 'auto' (LayerNorm), 'layer' or 'none'")
+  if c.loss in ("hinge", "wgan_gp"):
+    _require(c.label_smoothing == 0.0, "label_smoothing", c.label_smoothing,
+             f"has no target to smooth with loss={c.loss!r}; set it to 0")
+  for field in ("gp_weight", "r1_weight"):
+    _require(c[field] >= 0.0 and math.isfinite(c[field]), field, c[field],
+             "must be >= 0 and finite")
+  _require(c.d_steps_per_g_step >= 1, "d_steps_per_g_step", c.d_steps_per_g_step,
+           "must be >= 1")
+  try:
+    augment.parse(c.diffaugment)
+  except ValueError as e:
+    raise UsageError(f"config.diffaugment={c.diffaugment!r}: {e}") from None
+
+
+def images_per_step(config) -> int:
+  """Returns the real images one iteration reads: a batch per D update."""
+  return config.batch_size * config.d_steps_per_g_step
+
+
 def _validate_evaluation(c) -> None:
   _require(c.evaluator in ("", "classifier", "inception"), "evaluator", c.evaluator,
            "is not 'classifier', 'inception' or '' (none)")
@@ -178,7 +210,7 @@ def total_steps(config, num_images: int) -> int:
   is more than the step counter holds)."""
   if config.num_train_steps != -1:
     return config.num_train_steps
-  total = max(1, math.ceil(config.num_epochs * (num_images // config.batch_size)))
+  total = max(1, math.ceil(config.num_epochs * (num_images // images_per_step(config))))
   _require(total <= MAX_STEPS, "num_epochs", config.num_epochs,
            f"makes {total:,} steps of {num_images:,} images; at most {MAX_STEPS:,}")
   return total

@@ -25,6 +25,7 @@ import os
 import sys
 
 import numpy as np
+from absl import logging
 
 from dcgan_jax.errors import RunError, UsageError
 
@@ -249,7 +250,9 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
 def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
                         ema: bool = False) -> list[str]:
   """Writes netG.pth and netD.pth (torch.save of the tutorial's state_dicts) of a workdir's
-  latest (or best) checkpoint; needs torch."""
+  latest (or best) checkpoint and returns their paths; needs torch. A D that is not the
+  tutorial's (spectral norm, a LayerNorm or no norm) has no netD.pth: only netG.pth is written,
+  and a warning says why."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ModuleNotFoundError as e:
@@ -258,15 +261,21 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
 
   from dcgan_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  _, _, state, _ = workdir_lib.restore(workdir, which, ema)
+  _, gan, state, _ = workdir_lib.restore(workdir, which, ema)
   state = jax.device_get(state)
   g_params = state.g_ema_params if ema else state.g_params
   os.makedirs(out_dir, exist_ok=True)
   paths = []
-  for name, sd in (("netG.pth", generator_to_torch({"params": g_params,
-                                                      "batch_stats": state.g_batch_stats})),
-                   ("netD.pth", discriminator_to_torch({"params": state.d_params,
-                                                        "batch_stats": state.d_batch_stats}))):
+  files = [("netG.pth", generator_to_torch({"params": g_params,
+                                            "batch_stats": state.g_batch_stats}))]
+  d = gan.discriminator
+  if d.norm == "batch" and not d.spectral_norm:
+    files.append(("netD.pth", discriminator_to_torch({"params": state.d_params,
+                                                      "batch_stats": state.d_batch_stats})))
+  else:
+    logging.warning("netD.pth is not written: this run's D (norm %r, spectral_norm %s) is not "
+                    "the tutorial's netD", d.norm, d.spectral_norm)
+  for name, sd in files:
     path = os.path.join(out_dir, name)
     torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in sd.items()),
                f"{path}.tmp")

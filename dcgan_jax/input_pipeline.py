@@ -168,9 +168,12 @@ def load_images(config) -> np.ndarray:
                     len(source.items), "; ".join(cached.skipped[:5]))
   logging.info("%s cache %s: %s", "built" if cached.built else "reused", cached.path,
                cached.images.shape)
-  if len(cached.images) < config.batch_size:
+  per_step = config.batch_size * config.d_steps_per_g_step
+  if len(cached.images) < per_step:
+    several = (f" x config.d_steps_per_g_step={config.d_steps_per_g_step} (an iteration's "
+               "images)" if config.d_steps_per_g_step > 1 else "")
     raise UsageError(f"config.dataset={config.dataset!r} has {len(cached.images)} readable "
-                     f"images, fewer than config.batch_size={config.batch_size}")
+                     f"images, fewer than config.batch_size={config.batch_size}{several}")
   return cached.images
 
 

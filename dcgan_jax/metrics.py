@@ -14,15 +14,18 @@ class MetricsWriter:
   """Appends rows to `path`; opening it for a run resumed at `step` drops rows of
   later steps (they are recomputed) and keeps everything up to `step`.
 
-  The columns are COLUMNS and then `eval_columns` (evaluation metrics, empty in rows
-  without an evaluation), after any other columns the kept rows already have."""
+  The columns are COLUMNS, `train_columns` (training metrics of some settings, e.g.
+  d_penalty), any other columns the kept rows already have, then `eval_columns` (evaluation
+  metrics, empty in rows without an evaluation)."""
 
-  def __init__(self, path: str, resume_step: int = 0, eval_columns: Sequence[str] = ()):
+  def __init__(self, path: str, resume_step: int = 0, eval_columns: Sequence[str] = (),
+               train_columns: Sequence[str] = ()):
     self.path = path
     rows = read_metrics(path) if os.path.exists(path) else []
     kept = [r for r in rows if int(float(r["step"])) <= resume_step]
-    old = [k for r in kept[:1] for k in r if k not in COLUMNS and k not in eval_columns]
-    self.columns = list(COLUMNS) + old + list(eval_columns)
+    new = list(COLUMNS) + list(train_columns)
+    old = [k for r in kept[:1] for k in r if k not in new and k not in eval_columns]
+    self.columns = new + old + list(eval_columns)
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
       writer = csv.DictWriter(f, self.columns, restval="")

@@ -38,6 +38,11 @@ def num_stride2_layers(image_size: int) -> int:
   return image_size.bit_length() - 3  # 32 -> 3, 64 -> 4, 128 -> 5
 
 
+def _out_dtype(dtype: str):
+  """Outputs are float32 (also under bfloat16 compute), float64 when computing in float64."""
+  return jnp.float64 if dtype == "float64" else jnp.float32
+
+
 def _cast(dtype: str, *arrays: jax.Array) -> tuple[jax.Array, ...]:
   """Inputs and float32 parameters in the compute dtype (parameters stay float32)."""
   return tuple(a.astype(dtype) for a in arrays)
@@ -66,24 +71,57 @@ class UpConv(nn.Module):
     return ops.conv_transpose_4x2(*_cast(self.dtype, x_BxHxWxC, kernel), self.impl)
 
 
+def _spectral_kernel(module: nn.Module, kernel: jax.Array, update: bool) -> jax.Array:
+  """Returns the kernel divided by its spectral norm, the power iteration's vector `sn_u` kept in
+  the 'batch_stats' collection (as Flax's SpectralNorm keeps its state) and advanced by one
+  iteration on each forward pass with `update` (training), as PyTorch's spectral_norm does."""
+  def init_u():
+    return ops.normalize(jax.random.normal(module.make_rng("params"), kernel.shape[-1:]))
+
+  u = module.variable("batch_stats", "sn_u", init_u)
+  normalized, new_u, _ = ops.spectral_normalize(kernel, u.value)
+  if update and not module.is_initializing():
+    u.value = new_u
+  return normalized
+
+
 class DownConv(nn.Module):
   """`Conv2d(in, features, 4, 2, 1, bias=False)`: halves height and width. Parameters as
-  `nn.Conv`'s (a 'kernel' of shape (4, 4, in, features))."""
+  `nn.Conv`'s (a 'kernel' of shape (4, 4, in, features)); with spectral_norm, the kernel is
+  divided by its spectral norm (`_spectral_kernel`)."""
   features: int
   impl: str = "auto"
   dtype: str = "float32"
+  spectral_norm: bool = False
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+  def __call__(self, x_BxHxWxC: jax.Array, train: bool = True) -> jax.Array:
     kernel = self.param("kernel", conv_init, (4, 4, x_BxHxWxC.shape[-1], self.features))
+    if self.spectral_norm:
+      kernel = _spectral_kernel(self, kernel, train)
     return ops.conv_4x2(*_cast(self.dtype, x_BxHxWxC, kernel), self.impl)
+
+
+class Logit(nn.Module):
+  """`Conv2d(in, 1, 4, 1, 0, bias=False)` on D's 4x4 features: one logit per image. Parameters
+  and outputs as `nn.Conv`'s; spectral_norm as DownConv's."""
+  dtype: str = "float32"
+  spectral_norm: bool = False
+
+  @nn.compact
+  def __call__(self, x_Bx4x4xC: jax.Array, train: bool = True) -> jax.Array:
+    kernel = self.param("kernel", conv_init, (4, 4, x_Bx4x4xC.shape[-1], 1))
+    if self.spectral_norm:
+      kernel = _spectral_kernel(self, kernel, train)
+    return ops.conv_4x4_valid(*_cast(self.dtype, x_Bx4x4xC, kernel))
 
 
 class Generator(nn.Module):
   """Maps z (B, nz) to float32 images (B, S, S, channels) in [-1, 1].
 
   dtype 'bfloat16' computes convolutions and activations in bf16; parameters, BatchNorm
-  statistics and the output stay float32.
+  statistics and the output stay float32. dtype 'float64' (with jax_enable_x64) computes and
+  returns float64.
   """
   image_size: int = 64
   channels: int = 3
@@ -103,30 +141,45 @@ class Generator(nn.Module):
       x = UpConv(width, self.upconv_impl, self.dtype)(x)
       x = nn.relu(bn()(x))
     x = UpConv(self.channels, self.upconv_impl, self.dtype)(x)
-    return jnp.tanh(x.astype(jnp.float32))
+    return jnp.tanh(x.astype(_out_dtype(self.dtype)))
+
+
+D_NORMS = ("batch", "layer", "none")
 
 
 class Discriminator(nn.Module):
   """Maps images (B, S, S, C) in [-1, 1] to one float32 logit per image, (B,).
 
+  norm: what follows each inner convolution: 'batch' (the tutorial's BatchNorm), 'layer'
+  (LayerNorm over each image's H, W and C with a scale and bias per channel: a critic whose
+  outputs do not depend on the rest of the batch, as WGAN-GP's penalty needs) or 'none'.
+  spectral_norm: every convolution's kernel divided by its spectral norm (Miyato et al. 2018).
   dtype as for the Generator.
   """
   image_size: int = 64
   ndf: int = 64
   downconv_impl: str = "auto"
   dtype: str = "float32"
+  norm: str = "batch"
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(self, x_BxSxSxC: jax.Array, train: bool = True) -> jax.Array:
+    if self.norm not in D_NORMS:
+      raise ValueError(f"norm {self.norm!r} is not one of {', '.join(D_NORMS)}")
     n = num_stride2_layers(self.image_size)
-    x = DownConv(self.ndf, self.downconv_impl, self.dtype, name="Conv_0")(x_BxSxSxC)
+    sn = self.spectral_norm
+    x = DownConv(self.ndf, self.downconv_impl, self.dtype, sn, name="Conv_0")(x_BxSxSxC, train)
     x = nn.leaky_relu(x, 0.2)
     width = self.ndf
     for i in range(1, n):
       width *= 2
-      x = DownConv(width, self.downconv_impl, self.dtype, name=f"Conv_{i}")(x)
-      x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+      x = DownConv(width, self.downconv_impl, self.dtype, sn, name=f"Conv_{i}")(x, train)
+      if self.norm == "batch":
+        x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+      elif self.norm == "layer":
+        x = nn.LayerNorm(epsilon=1e-5, reduction_axes=(1, 2, 3), feature_axes=-1,
+                         dtype=self.dtype)(x)
       x = nn.leaky_relu(x, 0.2)
-    x = nn.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype, name=f"Conv_{n}")(x)  # 4x4 -> 1x1
-    return x.reshape(x.shape[0]).astype(jnp.float32)
+    x = Logit(self.dtype, sn, name=f"Conv_{n}")(x, train)  # 4x4 -> 1x1
+    return x.reshape(x.shape[0]).astype(_out_dtype(self.dtype))

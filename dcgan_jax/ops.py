@@ -185,3 +185,31 @@ def conv_4x2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array, impl: str = "auto"
   if resolve_downconv_impl(impl) == "matmul":
     return conv_4x2_matmul(x_BxHxWxI, kernel_4x4xIxO)
   return conv_4x2_xla(x_BxHxWxI, kernel_4x4xIxO)
+
+
+def conv_4x4_valid(x_Bx4x4xI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
+  """Computes `Conv2d(I, O, 4, 1, 0)` on a 4x4 input (D's last layer), as `nn.Conv` does."""
+  return lax.conv_general_dilated(x_Bx4x4xI, kernel_4x4xIxO, (1, 1), "VALID",
+                                  dimension_numbers=_DN)
+
+
+def normalize(v: jax.Array, eps: float = 1e-12) -> jax.Array:
+  return v / jnp.maximum(jnp.linalg.norm(v), eps)  # torch.nn.functional.normalize's eps
+
+
+def spectral_normalize(kernel_HxWxIxO: jax.Array, u_O: jax.Array
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Divides a kernel by its largest singular value as one power iteration estimates it
+  (Miyato et al. 2018; PyTorch's spectral_norm with n_power_iterations=1).
+
+  The kernel is the matrix W (O, H*W*I), PyTorch's weight.reshape(O, -1). From the kept
+  estimate u of W's first left singular vector: v = normalize(W^T u), u' = normalize(W v),
+  sigma = u'^T W v, with u' and v held constant under differentiation. Returns (kernel / sigma,
+  u', sigma); the caller keeps u' (the training state) for the next iteration.
+  """
+  w_FxO = kernel_HxWxIxO.reshape(-1, kernel_HxWxIxO.shape[-1])  # W^T
+  u_O = lax.stop_gradient(u_O)
+  v_F = lax.stop_gradient(normalize(w_FxO @ u_O))
+  new_u_O = lax.stop_gradient(normalize(v_F @ w_FxO))
+  sigma = new_u_O @ (v_F @ w_FxO)
+  return kernel_HxWxIxO / sigma, new_u_O, sigma

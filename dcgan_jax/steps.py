@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dcgan_jax import losses, parallel
+from dcgan_jax import augment, losses, parallel
 from dcgan_jax.models import Discriminator, Generator
 
 PyTree = Any
@@ -77,6 +77,15 @@ class GAN:
   label_smoothing: float = 0.0
   g_ema_decay: float = 0.0  # > 0: keep g_ema_params, updated after every G step
   batch_sharding: Any = None  # a jax.sharding.Sharding of (B, ...) arrays: the data mesh
+  loss: str = "bce"  # one of losses.LOSSES
+  gp_weight: float = 0.0  # WGAN-GP's lambda (loss 'wgan_gp')
+  r1_weight: float = 0.0  # R1's gamma: gamma / 2 * E ||grad D(x)||^2 on real images
+  d_steps: int = 1  # D updates per G update, each on its own real batch
+  augment: tuple[str, ...] = ()  # DiffAugment policies (augment.POLICIES) of D's inputs
+
+  @property
+  def has_penalty(self) -> bool:
+    return self.r1_weight > 0 or self.loss == "wgan_gp"
 
 
 def gan_from_config(config: ml_collections.ConfigDict,
@@ -87,11 +96,22 @@ def gan_from_config(config: ml_collections.ConfigDict,
       generator=Generator(config.image_size, config.channels, config.ngf, config.upconv_impl,
                           config.compute_dtype),
       discriminator=Discriminator(config.image_size, config.ndf, config.downconv_impl,
-                                  config.compute_dtype),
+                                  config.compute_dtype, d_norm(config), config.spectral_norm),
       g_opt=Adam(config.g_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       d_opt=Adam(config.d_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       nz=config.nz, label_smoothing=config.label_smoothing, g_ema_decay=config.g_ema_decay,
-      batch_sharding=parallel.batch_sharding(mesh) if mesh is not None else None)
+      batch_sharding=parallel.batch_sharding(mesh) if mesh is not None else None,
+      loss=config.loss, gp_weight=config.gp_weight if config.loss == "wgan_gp" else 0.0,
+      r1_weight=config.r1_weight, d_steps=config.d_steps_per_g_step,
+      augment=augment.parse(config.diffaugment))
+
+
+def d_norm(config: ml_collections.ConfigDict) -> str:
+  """Returns D's normalisation: config.d_norm, where 'auto' is 'layer' for WGAN-GP (its penalty
+  needs a critic without BatchNorm) and the tutorial's 'batch' otherwise."""
+  if config.d_norm != "auto":
+    return config.d_norm
+  return "layer" if config.loss == "wgan_gp" else "batch"
 
 
 def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
@@ -105,7 +125,7 @@ def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
       step=jnp.zeros((), jnp.int32), rng=state_key,
       g_params=g_vars["params"], g_batch_stats=g_vars["batch_stats"],
       g_opt_state=gan.g_opt.tx.init(g_vars["params"]),
-      d_params=d_vars["params"], d_batch_stats=d_vars["batch_stats"],
+      d_params=d_vars["params"], d_batch_stats=d_vars.get("batch_stats", {}),
       d_opt_state=gan.d_opt.tx.init(d_vars["params"]),
       g_ema_params=g_vars["params"] if gan.g_ema_decay > 0 else None)
 
@@ -123,10 +143,21 @@ def abstract_train_state(gan: GAN) -> TrainState:
   return jax.eval_shape(functools.partial(create_train_state, gan), jax.random.PRNGKey(0))
 
 
+def _step_key(state: TrainState) -> jax.Array:
+  return jax.random.fold_in(state.rng, state.step)
+
+
+# What an iteration draws besides its noise, each from the step's key folded with a constant:
+# the noise of D update j of d_steps (j < d_steps - 1: the last D update and the G update share
+# step_noise), D update j's augmentation and interpolation, the G update's augmentation.
+_EARLIER_NOISE, _D_KEYS, _G_AUGMENT = 1, 1000, 2000
+MAX_D_STEPS = 100  # keeps the constants' ranges apart
+
+
 def step_noise(gan: GAN, state: TrainState, batch_size: int) -> jax.Array:
   """Draws the latent batch z (B, Z) of the state's current step, N(0, 1), split over the
   data mesh where there is one (each device runs G on its part of the batch)."""
-  key = jax.random.fold_in(state.rng, state.step)
+  key = _step_key(state)
   return _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz)))
 
 
@@ -146,21 +177,39 @@ def _apply_train(module: nn.Module, params: PyTree, batch_stats: PyTree, x: jax.
   """Runs a forward pass with batch statistics; returns (output, new batch_stats)."""
   out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x,
                               train=True, mutable=["batch_stats"])
-  return out, updates["batch_stats"]
+  return out, updates.get("batch_stats", {})
 
 
-def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array
+def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array, j: int | jax.Array
               ) -> tuple[TrainState, Metrics]:
-  """Runs the D update on a real and a fake float batch (no gradient flows into fake)."""
+  """Runs D update j of the iteration on a real and a fake float batch (no gradient flows into
+  fake): augmentation, D's loss, R1 on the real and WGAN-GP's penalty on interpolated images."""
   fake = jax.lax.stop_gradient(fake)
+  k_real, k_fake, k_mix = jax.random.split(jax.random.fold_in(_step_key(state), _D_KEYS + j), 3)
+  if gan.augment:
+    real = augment.apply(gan.augment, k_real, real)
+    fake = augment.apply(gan.augment, k_fake, fake)
 
   def loss_fn(d_params):
-    real_logits, stats = _apply_train(gan.discriminator, d_params, state.d_batch_stats, real)
-    fake_logits, stats = _apply_train(gan.discriminator, d_params, stats, fake)
-    loss = losses.discriminator_loss(real_logits, fake_logits, gan.label_smoothing)
-    return loss, (stats, real_logits, fake_logits)
+    def d_fn(stats, x):
+      return _apply_train(gan.discriminator, d_params, stats, x)
 
-  (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
+    penalty = jnp.zeros((), jnp.float32)
+    if gan.r1_weight > 0:
+      grads, real_logits, stats = losses.input_gradients(
+          functools.partial(d_fn, state.d_batch_stats), real)
+      penalty += gan.r1_weight * losses.r1_penalty(grads)
+    else:
+      real_logits, stats = d_fn(state.d_batch_stats, real)
+    fake_logits, stats = d_fn(stats, fake)
+    loss = losses.discriminator_loss(real_logits, fake_logits, gan.label_smoothing, gan.loss)
+    if gan.loss == "wgan_gp":
+      grads, _, stats = losses.input_gradients(functools.partial(d_fn, stats),
+                                               losses.interpolate(k_mix, real, fake))
+      penalty += gan.gp_weight * losses.gradient_penalty(grads)
+    return loss + penalty, (stats, real_logits, fake_logits, loss, penalty)
+
+  (_, (stats, real_logits, fake_logits, loss, penalty)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.d_params)
   updates, opt_state = gan.d_opt.tx.update(grads, state.d_opt_state, state.d_params)
   new_state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
@@ -168,13 +217,51 @@ def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array
   metrics = {"loss_d": loss,
              "d_x": jnp.mean(jax.nn.sigmoid(real_logits)),
              "d_g_z1": jnp.mean(jax.nn.sigmoid(fake_logits))}
+  if gan.has_penalty:
+    metrics["d_penalty"] = penalty
   return new_state, metrics
+
+
+def _earlier_d_updates(gan: GAN, state: TrainState, images_BxDxSxSxC_u8: jax.Array
+                       ) -> TrainState:
+  """Runs the iteration's D updates before its last (d_steps > 1): update j trains on the
+  images [:, j] and on G's images of its own noise."""
+  batch_size = images_BxDxSxSxC_u8.shape[0]
+
+  def body(s: TrainState, xs):
+    images_u8, j = xs
+    key = jax.random.fold_in(_step_key(s), _EARLIER_NOISE + j)
+    z = _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz)))
+    fake, _ = _apply_train(gan.generator, s.g_params, s.g_batch_stats, z)
+    s, _ = _d_update(gan, s, _split_batch(gan, to_float(images_u8)), fake, j)
+    return s, None
+
+  earlier = jnp.moveaxis(images_BxDxSxSxC_u8, 1, 0)[:-1]
+  state, _ = jax.lax.scan(body, state, (earlier, jnp.arange(gan.d_steps - 1)))
+  return state
+
+
+def _last_real(gan: GAN, state: TrainState, images_u8: jax.Array
+               ) -> tuple[TrainState, jax.Array]:
+  """Runs the D updates before the last on an iteration's d_steps * B images (the images of
+  update j are images[j::d_steps], so each device keeps its part of the batch); returns the
+  state and the last update's real batch, float, (B, S, S, C)."""
+  if gan.d_steps == 1:
+    return state, _split_batch(gan, to_float(images_u8))
+  n = gan.d_steps
+  if images_u8.shape[0] % n:
+    raise ValueError(f"{images_u8.shape[0]} images do not divide into {n} D updates")
+  per_update = images_u8.reshape((images_u8.shape[0] // n, n) + images_u8.shape[1:])
+  state = _earlier_d_updates(gan, state, per_update)
+  return state, _split_batch(gan, to_float(per_update[:, -1]))
 
 
 def _g_loss_of_fake(gan: GAN, state: TrainState, fake: jax.Array):
   """G's loss as a function of the fake batch, against the current D."""
+  if gan.augment:
+    fake = augment.apply(gan.augment, jax.random.fold_in(_step_key(state), _G_AUGMENT), fake)
   logits, _ = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
-  return losses.generator_loss(logits), logits
+  return losses.generator_loss(logits, gan.loss), logits
 
 
 def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, loss: jax.Array,
@@ -190,10 +277,12 @@ def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, loss: j
 
 
 def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
-  """Runs one discriminator update on a real uint8 batch and a fresh fake batch."""
+  """Runs an iteration's D updates (gan.d_steps of them) on its real uint8 images, d_steps * B
+  of them, and fresh fake batches; the metrics are the last update's."""
+  state, real = _last_real(gan, state, images_u8)
   fake, _ = _apply_train(gan.generator, state.g_params, state.g_batch_stats,
-                         step_noise(gan, state, images_u8.shape[0]))
-  return _d_update(gan, state, to_float(images_u8), fake)
+                         step_noise(gan, state, real.shape[0]))
+  return _d_update(gan, state, real, fake, gan.d_steps - 1)
 
 
 def g_step(gan: GAN, state: TrainState, batch_size: int) -> tuple[TrainState, Metrics]:
@@ -212,16 +301,18 @@ def g_step(gan: GAN, state: TrainState, batch_size: int) -> tuple[TrainState, Me
 
 
 def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
-  """Runs a full iteration, d_step then g_step, with G's forward pass run once.
+  """Runs a full iteration, d_step then g_step, with G's forward pass of the last D update run
+  once; images_u8 holds d_steps * B images (B with the default single D update).
 
-  D does not change G, so the G step's fake batch is the D step's: as in the
+  D does not change G, so the G step's fake batch is the last D update's: as in the
   tutorial, G runs forward once and its backward pass reuses that forward's
   residuals (jax.vjp). Equal to d_step followed by g_step (tested).
   """
+  state, real = _last_real(gan, state, images_u8)
   g_forward = lambda p: _apply_train(gan.generator, p, state.g_batch_stats,  # noqa: E731
-                                     step_noise(gan, state, images_u8.shape[0]))
+                                     step_noise(gan, state, real.shape[0]))
   fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-  state, d_metrics = _d_update(gan, state, _split_batch(gan, to_float(images_u8)), fake)
+  state, d_metrics = _d_update(gan, state, real, fake, gan.d_steps - 1)
   (loss, logits), d_fake = jax.value_and_grad(
       functools.partial(_g_loss_of_fake, gan, state), has_aux=True)(fake)
   grads, = g_vjp(d_fake)

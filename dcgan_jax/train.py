@@ -44,7 +44,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     start = int(state.step)
     _check_dataset_size(extra, len(data), workdir)
     logging.info("%d images %s, %d steps per epoch; %s at step %d of %d", len(data),
-                 data.shape[1:], len(data) // config.batch_size,
+                 data.shape[1:], len(data) // configuration.images_per_step(config),
                  "resuming" if restored else "starting", start, total)
     if parallel.is_primary():
       workdir_lib.write_config(config, workdir)
@@ -167,12 +167,15 @@ class _Rows:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, start: int, total: int,
                num_images: int, eval_columns: list[str], pending: dict[str, list[float]]):
     self.config, self.start = config, start
-    self.steps_per_epoch = num_images // config.batch_size
+    self.images_per_step = configuration.images_per_step(config)
+    self.steps_per_epoch = num_images // self.images_per_step
     self.primary = parallel.is_primary()
     self.writer = self.progress = None
     if self.primary:
+      penalty = config.r1_weight > 0 or config.loss == "wgan_gp"
       self.writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"),
-                                          resume_step=start, eval_columns=eval_columns)
+                                          resume_step=start, eval_columns=eval_columns,
+                                          train_columns=["d_penalty"] if penalty else [])
       self.progress = Progress(start, total)
     # A resumed run starts with the metrics its checkpoint kept.
     self.pending: list[steps.Metrics] = (
@@ -224,7 +227,7 @@ class _Rows:
     if self.primary:
       row = _mean_row(self.pending)
       elapsed = time.perf_counter() - self.t0
-      rate = (self.timed_steps * self.config.batch_size / elapsed if self.timed_steps
+      rate = (self.timed_steps * self.images_per_step / elapsed if self.timed_steps
               else float("nan"))
       row.update(step=done, epoch=done / self.steps_per_epoch, seconds=elapsed,
                  images_per_s=rate)
@@ -251,7 +254,8 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
           total: int, mesh: jax.sharding.Mesh):
   """Returns the dispatch function and a prefetcher of (chunk length, its batch argument)
   from step start to total: batches of images, or of indices into a dataset on the device."""
-  batches = input_pipeline.Batches(data, config.batch_size, config.seed)
+  per_step = configuration.images_per_step(config)
+  batches = input_pipeline.Batches(data, per_step, config.seed)
   intervals = (config.log_every_steps, config.sample_every_steps, config.checkpoint_every_steps)
   if evaluation.enabled(config):
     intervals += (config.eval_every_steps,)
@@ -269,7 +273,7 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
 
     def indices(chunk: tuple[int, int]):
       first, k = chunk
-      return k, parallel.global_array((k, config.batch_size), split,
+      return k, parallel.global_array((k, per_step), split,
                                       batches.chunk_indices(first, k).__getitem__)
 
     return run_gathered, input_pipeline.Prefetcher(indices, chunks, config.prefetch_batches)
@@ -283,7 +287,7 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
     def rows(index):  # each process reads its own devices' rows
       return batches.chunk(first, k, rows=index[1])
 
-    return k, parallel.global_array((k, config.batch_size) + data.shape[1:], split, rows)
+    return k, parallel.global_array((k, per_step) + data.shape[1:], split, rows)
 
   return run, input_pipeline.Prefetcher(images, chunks, config.prefetch_batches)
 

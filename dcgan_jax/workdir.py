@@ -13,7 +13,7 @@ from dcgan_jax.errors import UsageError
 
 CHECKPOINTS = "checkpoints"  # the latest checkpoints of the run
 BEST = "best"  # the best checkpoint by config.best_metric
-_MODEL_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf")
+_MODEL_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "d_norm", "spectral_norm")
 
 
 def checkpoint_dir(workdir: str, which: str = "latest") -> str:

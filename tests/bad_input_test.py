@@ -47,6 +47,25 @@ CONFIG_VALUES = {
     "seed_minus_1": ({"seed": -1}, "config.seed=-1 must be in [0, 2**32)"),
     "label_smoothing_1": ({"label_smoothing": 1.0}, "config.label_smoothing=1.0 must be in [0, 1)"),
     "image_size_48": ({"image_size": 48}, "config.image_size=48 is not supported"),
+    "loss_unknown": ({"loss": "wgan"}, "config.loss='wgan' is not one of bce, hinge, lsgan, "
+                                       "wgan_gp"),
+    "d_norm_unknown": ({"d_norm": "group"}, "config.d_norm='group' is not one of auto, batch"),
+    "wgan_gp_with_batchnorm": ({"loss": "wgan_gp", "d_norm": "batch"},
+                               "config.d_norm='batch' cannot be used with loss='wgan_gp'"),
+    "hinge_with_label_smoothing": ({"loss": "hinge", "label_smoothing": 0.1},
+                                   "config.label_smoothing=0.1 has no target to smooth with "
+                                   "loss='hinge'"),
+    "gp_weight_negative": ({"gp_weight": -1.0}, "config.gp_weight=-1.0 must be >= 0 and finite"),
+    "r1_weight_nan": ({"r1_weight": float("nan")}, "config.r1_weight=nan must be >= 0 and finite"),
+    "d_steps_0": ({"d_steps_per_g_step": 0}, "config.d_steps_per_g_step=0 must be >= 1"),
+    "d_steps_1000": ({"d_steps_per_g_step": 1000},
+                     "config.d_steps_per_g_step=1000 is too large (at most 100)"),
+    "d_steps_over_the_dataset": ({"batch_size": 1000, "d_steps_per_g_step": 6},
+                                 "has 5000 readable images, fewer than config.batch_size=1000 x "
+                                 "config.d_steps_per_g_step=6"),
+    "diffaugment_unknown": ({"diffaugment": "color,zoom"},
+                            "config.diffaugment='color,zoom': 'zoom' is not one of color, "
+                            "translation, cutout"),
     "unknown_field": ({"num_steps": 100}, "config.num_steps is not a field of configs/default.py "
                                           "(did you mean num_train_steps?"),
 }

@@ -157,3 +157,32 @@ def test_torch_lines_have_the_contract_fields(impl):
   [line] = _run("--impl", impl, *TINY)
   assert line["impl"] == impl and line["image_size"] == 32 and line["batch_size"] == 4
   assert line["ms_per_step"] > 0 and line["images_per_s"] > 0 and len(line["window_ms"]) == 2
+
+
+def test_quality_runs_a_setting_and_tabulates_mean_and_spread(tmp_path):
+  """benchmarks/quality.py: a setting's run (tiny, 4 steps, evaluated at 2 and 4) gives its line
+  from metrics.csv; two seeds give a row of mean +/- standard deviation."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import quality  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  assert quality.budget("default") == 10_000
+  assert quality.budget("wgan_gp") == round(10_000 / quality.COST["wgan_gp"] / 100) * 100
+  tiny = dict(ngf=8, ndf=8, batch_size=16, eval_every_steps=2, eval_num_samples=20,
+              log_every_steps=2, sample_every_steps=4, checkpoint_every_steps=4)
+  lines = [quality.run("r1", seed, str(tmp_path / f"r1_{seed}"), steps=4, **tiny)
+           for seed in (0, 1)]
+  from dcgan_jax import metrics  # pylint: disable=g-import-not-at-top
+  rows = metrics.read_metrics(str(tmp_path / "r1_0" / "metrics.csv"))
+  assert [int(r["step"]) for r in rows] == [2, 4] and float(rows[0]["d_penalty"]) > 0
+  assert lines[0]["steps"] == 4 and lines[0]["setting"] == "r1"
+  for who, prefix in (("g", ""), ("ema", "ema_")):
+    fids = [float(r[f"{prefix}classifier_fid"]) for r in rows]
+    assert lines[0][who]["best_fid"] == min(fids) and lines[0][who]["final_fid"] == fids[-1]
+    assert lines[0][who]["best_step"] == 2 + 2 * fids.index(min(fids))
+    assert lines[0][who]["classes_present"] == int(float(rows[-1][f"{prefix}classes_present"]))
+  assert lines[0]["g"] != lines[1]["g"]  # another seed, another run
+  table = quality.table(lines).splitlines()
+  assert table[2].startswith("| r1 | 0,1 | 4 | ") and " +/- " in table[2]
+  assert table[3].startswith("| r1, G's EMA | 0,1 | 4 | ")

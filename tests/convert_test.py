@@ -188,3 +188,21 @@ def test_import_errors_are_one_line(tmp_path):
                 f"--workdir={tmp_path / 'run'}")
   assert result.returncode == 2 and "netG: 0 convolution weights" in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_export_of_a_spectral_norm_run_writes_netg_only(tmp_path):
+  """A D with spectral norm has no tutorial netD: only netG.pth is written (a warning says why),
+  and it is the run's G."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config(2)
+  config.spectral_norm = True
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  paths = convert.export_from_workdir(str(tmp_path / "run"), str(tmp_path / "out"))
+  assert [pathlib.Path(p).name for p in paths] == ["netG.pth"]
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["netG.pth"]
+  _, _, state, _ = workdir_lib.restore(str(tmp_path / "run"))
+  exported = torch.load(tmp_path / "out" / "netG.pth", weights_only=True)
+  want = convert.generator_to_torch({"params": jax.device_get(state.g_params),
+                                     "batch_stats": jax.device_get(state.g_batch_stats)})
+  assert all(np.array_equal(exported[k].numpy(), v) for k, v in want.items())

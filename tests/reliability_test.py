@@ -37,8 +37,10 @@ def _untimed_rows(workdir) -> list[dict]:
           for row in metrics.read_metrics(os.path.join(workdir, "metrics.csv"))]
 
 
-def _final_state(workdir):
+def _final_state(workdir, **fields):
   config = tiny_config(400)  # the model of _RUN
+  for field, value in fields.items():
+    config[field] = value
   gan = steps.gan_from_config(config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), create=False)
   try:
@@ -186,3 +188,37 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_used(folder
   assert os.listdir(workdir / "checkpoints_damaged") == ["4"]  # kept, not deleted
   # Steps 3-4 were trained again from step 2: the rows up to 4 are the same as before.
   assert _untimed_rows(workdir)[:2] == rows_before
+
+
+# Each GAN variant with settings of its own (resume must hold for the state each one adds:
+# spectral norm's vectors, the critic's LayerNorm, several D updates, the augmentation's keys).
+_VARIANTS = {
+    "hinge": {"loss": "hinge"},
+    "lsgan": {"loss": "lsgan"},
+    "wgan_gp": {"loss": "wgan_gp", "d_steps_per_g_step": 2, "adam_b1": 0.0, "adam_b2": 0.9},
+    "spectral_norm": {"spectral_norm": True, "d_norm": "none"},
+    "r1": {"r1_weight": 1.0},
+    "diffaugment": {"diffaugment": "color,translation,cutout"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_VARIANTS))
+def test_each_variant_resumes_exactly_after_sigkill(name, tmp_path):
+  fields = _VARIANTS[name]
+  args = [*_RUN, "--config.num_train_steps=30",
+          *(f"--config.{k}={v}" for k, v in fields.items())]
+  reference = tmp_path / "reference"
+  subprocess.run(_main(reference, *args), check=True, capture_output=True, timeout=900)
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(_main(workdir, *args), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  killed = _kill_while_training(proc, workdir / "checkpoints", 0.0)
+  _, err = proc.communicate(timeout=900)
+  assert killed, f"the run ended before it was killed: {err[-2000:]}"
+  result = subprocess.run(_main(workdir, *args), capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "resuming at step " in result.stderr
+  rows = _untimed_rows(workdir)
+  assert rows == _untimed_rows(reference) and len(rows) == 6
+  assert ("d_penalty" in rows[0]) == (name in ("wgan_gp", "r1"))
+  assert trees_close(_final_state(workdir, **fields), _final_state(reference, **fields))

@@ -198,3 +198,125 @@ def test_generator_ema_follows_the_hand_computed_average(gan, real_batch):
 def _leaves_match(a, b):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def _variant(**fields) -> steps.GAN:
+  """tiny_gan with GAN fields (loss, r1_weight, d_steps, augment) and D's norm/spectral norm."""
+  norm = fields.pop("norm", "batch")
+  sn = fields.pop("spectral_norm", False)
+  gan = tiny_gan()
+  gan = dataclasses.replace(gan, discriminator=dataclasses.replace(
+      gan.discriminator, norm=norm, spectral_norm=sn))
+  return dataclasses.replace(gan, **fields)
+
+
+VARIANTS = {
+    "hinge": dict(loss="hinge"),
+    "lsgan": dict(loss="lsgan"),
+    "wgan_gp": dict(loss="wgan_gp", gp_weight=10.0, norm="layer", d_steps=2),
+    "spectral_norm": dict(spectral_norm=True),
+    "r1": dict(r1_weight=1.0),
+    "diffaugment": dict(augment=("color", "translation", "cutout")),
+}
+
+
+def _images(gan: steps.GAN, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (4 * gan.d_steps, 32, 32, 1), np.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_train_step_is_d_step_then_g_step(name):
+  gan = _variant(**VARIANTS[name])
+  state = steps.init_train_state(gan, 0)
+  images = _images(gan)
+  combined, m = jit_train_step(gan, state, images)
+  s, d_metrics = jit_d_step(gan, state, images)
+  s, g_metrics = jit_g_step(gan, s, 4)
+  assert trees_close(combined, s, rtol=1e-4, atol=1e-5)
+  assert set(m) == set(d_metrics) | set(g_metrics)
+  assert ("d_penalty" in m) == (name in ("wgan_gp", "r1"))
+  for value in m.values():
+    assert np.isfinite(value)
+  assert not trees_close(combined.d_params, state.d_params)
+  assert not trees_close(combined.g_params, state.g_params)
+
+
+@pytest.mark.parametrize("name", ["hinge", "lsgan"])
+def test_variant_d_loss_matches_a_hand_written_forward(state, real_batch, name):
+  """The D step's loss is the variant's, on the logits of D's real-then-fake forward passes."""
+  gan = _variant(**VARIANTS[name])
+  _, metrics = jit_d_step(gan, state, real_batch)
+  fake, _ = jit_apply_train(gan.generator, state.g_params, state.g_batch_stats,
+                            steps.step_noise(gan, state, 4))
+  real_logits, stats = jit_apply_train(gan.discriminator, state.d_params, state.d_batch_stats,
+                                       steps.to_float(real_batch))
+  fake_logits, _ = jit_apply_train(gan.discriminator, state.d_params, stats, fake)
+  r, f = np.asarray(real_logits, np.float64), np.asarray(fake_logits, np.float64)
+  if name == "hinge":
+    expected = np.mean(np.maximum(0, 1 - r)) + np.mean(np.maximum(0, 1 + f))
+  else:
+    expected = 0.5 * np.mean((r - 1) ** 2) + 0.5 * np.mean(f ** 2)
+  assert float(metrics["loss_d"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_r1_penalty_in_the_d_step_is_its_weight_times_the_input_gradient_norm(state, real_batch):
+  gan = _variant(r1_weight=3.0)
+  _, metrics = jit_d_step(gan, state, real_batch)
+  _, plain = jit_d_step(tiny_gan(), state, real_batch)
+
+  def total(x):
+    return jnp.sum(jit_apply_train(gan.discriminator, state.d_params, state.d_batch_stats, x)[0])
+
+  grads = np.asarray(jax.grad(total)(steps.to_float(real_batch)), np.float64)
+  expected = 3.0 * 0.5 * np.mean(np.sum(grads.reshape(4, -1) ** 2, axis=1))
+  assert float(metrics["d_penalty"]) == pytest.approx(expected, rel=1e-4)
+  assert float(metrics["loss_d"]) == pytest.approx(float(plain["loss_d"]), rel=1e-6)  # apart
+
+
+def test_several_d_updates_per_g_update():
+  """d_steps=3: three D updates (Adam's count 3), one G update, each D update on its own third
+  of the images (images[j::3]): changing the first update's images changes the result."""
+  gan = _variant(d_steps=3)
+  state = steps.init_train_state(gan, 0)
+  images = _images(gan)
+  new, _ = jit_train_step(gan, state, images)
+  counts = lambda opt: [int(x) for x in jax.tree.leaves(opt) if x.ndim == 0]  # noqa: E731
+  assert counts(new.d_opt_state) == [3] and counts(new.g_opt_state) == [1]
+  assert int(new.step) == 1
+  other = images.copy()
+  other[0::3] = 255 - other[0::3]
+  changed, _ = jit_train_step(gan, state, other)
+  assert not trees_close(changed.d_params, new.d_params)
+  with pytest.raises(ValueError, match="12 images do not divide into 5"):
+    steps.train_step(_variant(d_steps=5), state, images)
+
+
+def test_spectral_norm_vectors_live_in_d_batch_stats_and_move_with_d_updates_only(real_batch):
+  gan = _variant(spectral_norm=True, norm="none")
+  state = steps.init_train_state(gan, 0)
+  assert set(state.d_batch_stats) == {f"Conv_{i}" for i in range(4)}
+  after_d, _ = jit_d_step(gan, state, real_batch)
+  wide = lambda stats: {k: v for k, v in stats.items() if k != "Conv_3"}  # noqa: E731
+  assert _all_differ(wide(after_d.d_batch_stats), wide(state.d_batch_stats))
+  assert float(after_d.d_batch_stats["Conv_3"]["sn_u"][0]) in (-1.0, 1.0)  # one output: +-1
+  after_g, _ = jit_g_step(gan, after_d, 4)
+  assert trees_close(after_g.d_batch_stats, after_d.d_batch_stats)
+
+
+def test_critic_without_any_norm_has_no_d_batch_stats(real_batch):
+  gan = _variant(norm="none")
+  state = steps.init_train_state(gan, 0)
+  assert not jax.tree.leaves(state.d_batch_stats)
+  new, metrics = jit_train_step(gan, state, real_batch)
+  assert np.isfinite(metrics["loss_d"]) and not jax.tree.leaves(new.d_batch_stats)
+
+
+def test_diffaugment_changes_the_step_and_is_fixed_by_the_seed(state, real_batch):
+  gan = _variant(augment=("translation", "cutout"))
+  a, ma = jit_train_step(gan, state, real_batch)
+  b, mb = jit_train_step(gan, state, real_batch)
+  _, plain = jit_train_step(tiny_gan(), state, real_batch)
+  assert trees_close(a, b) and float(ma["loss_d"]) == float(mb["loss_d"])
+  assert float(ma["loss_d"]) != float(plain["loss_d"])
+  assert float(ma["loss_g"]) != float(plain["loss_g"])  # the G step's D input is augmented too
