@@ -5,7 +5,7 @@ import importlib.util
 import math
 import os
 
-from dcgan_jax import augment, losses, ops
+from dcgan_jax import augment, losses, ops, steps
 from dcgan_jax.errors import UsageError
 from dcgan_jax.models import D_NORMS, SUPPORTED_IMAGE_SIZES
 
@@ -30,7 +30,7 @@ INT_BOUNDS = {"batch_size": 65_536, "nz": 1_024, "ngf": 512, "ndf": 512,
               "checkpoint_every_steps": MAX_STEPS, "sample_every_steps": MAX_STEPS,
               "eval_every_steps": MAX_STEPS, "num_train_steps": MAX_STEPS,
               "max_image_pixels": 178_956_970,  # Pillow refuses larger images itself
-              "d_steps_per_g_step": 100}  # steps.MAX_D_STEPS
+              "d_steps_per_g_step": steps.MAX_D_STEPS}
 
 
 DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -74,7 +74,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
   the checkpoint, and the stop request (SIGTERM or SIGINT: a checkpoint, then stop)."""
   start = done = int(state.step)
   rows = _Rows(config, workdir, start, total, len(data),
-               evaluator.columns if evaluator is not None else [], extra.get("pending", {}))
+               evaluator.columns if evaluator is not None else [], extra.get("pending", {}),
+               ["d_penalty"] if gan.has_penalty else [])
   grid_z = sampling.fixed_noise(config.seed, config.num_sample_images, config.nz,
                                 sampling.SAMPLE_SALT)
   eval_every = config.eval_every_steps if evaluator is not None else 0
@@ -165,17 +166,17 @@ class _Rows:
   writes them), and the finite check of what is about to be written."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, start: int, total: int,
-               num_images: int, eval_columns: list[str], pending: dict[str, list[float]]):
+               num_images: int, eval_columns: list[str], pending: dict[str, list[float]],
+               train_columns: list[str]):
     self.config, self.start = config, start
     self.images_per_step = configuration.images_per_step(config)
     self.steps_per_epoch = num_images // self.images_per_step
     self.primary = parallel.is_primary()
     self.writer = self.progress = None
     if self.primary:
-      penalty = config.r1_weight > 0 or config.loss == "wgan_gp"
       self.writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.csv"),
                                           resume_step=start, eval_columns=eval_columns,
-                                          train_columns=["d_penalty"] if penalty else [])
+                                          train_columns=train_columns)
       self.progress = Progress(start, total)
     # A resumed run starts with the metrics its checkpoint kept.
     self.pending: list[steps.Metrics] = (
