@@ -150,41 +150,44 @@ def discriminator_from_torch(state_dict: dict[str, np.ndarray]) -> tuple[Variabl
           {"image_size": 4 * 2 ** n, "channels": int(channels), "ndf": int(ndf)})
 
 
-def _torch_batch_norm(out: dict, index: int, params: dict, stats: dict) -> None:
+def _torch_batch_norm(out: dict, index: int, params: dict, stats: dict, dtype) -> None:
   for torch_name, collection, name in _BN:
     out[f"main.{index}.{torch_name}"] = np.asarray(
-        (params if collection == "params" else stats)[name], np.float32)
+        (params if collection == "params" else stats)[name], dtype)
   out[f"main.{index}.num_batches_tracked"] = np.zeros((), np.int64)
 
 
-def _kernel(tree: dict, module: str) -> np.ndarray:
-  return np.ascontiguousarray(np.asarray(tree[module]["kernel"], np.float32).transpose(3, 2, 0, 1))
+def _kernel(tree: dict, module: str, dtype) -> np.ndarray:
+  return np.ascontiguousarray(np.asarray(tree[module]["kernel"], dtype).transpose(3, 2, 0, 1))
 
 
-def generator_to_torch(variables: Variables) -> collections.OrderedDict:
-  """Returns the PyTorch tutorial's netG state_dict (numpy arrays) of this project's G variables."""
+def generator_to_torch(variables: Variables, dtype=np.float32) -> collections.OrderedDict:
+  """Returns the PyTorch tutorial's netG state_dict (numpy arrays of dtype) of this project's G
+  variables."""
   params, stats = variables["params"], variables["batch_stats"]
   n = sum(1 for k in params if k.startswith("UpConv_"))
   out = collections.OrderedDict()
-  out["main.0.weight"] = _kernel(params, "Project4x4_0")
-  _torch_batch_norm(out, 1, params["BatchNorm_0"], stats["BatchNorm_0"])
+  out["main.0.weight"] = _kernel(params, "Project4x4_0", dtype)
+  _torch_batch_norm(out, 1, params["BatchNorm_0"], stats["BatchNorm_0"], dtype)
   for k in range(1, n):
-    out[f"main.{3 * k}.weight"] = _kernel(params, f"UpConv_{k - 1}")
-    _torch_batch_norm(out, 3 * k + 1, params[f"BatchNorm_{k}"], stats[f"BatchNorm_{k}"])
-  out[f"main.{3 * n}.weight"] = _kernel(params, f"UpConv_{n - 1}")
+    out[f"main.{3 * k}.weight"] = _kernel(params, f"UpConv_{k - 1}", dtype)
+    _torch_batch_norm(out, 3 * k + 1, params[f"BatchNorm_{k}"], stats[f"BatchNorm_{k}"], dtype)
+  out[f"main.{3 * n}.weight"] = _kernel(params, f"UpConv_{n - 1}", dtype)
   return out
 
 
-def discriminator_to_torch(variables: Variables) -> collections.OrderedDict:
-  """Returns the PyTorch tutorial's netD state_dict (numpy arrays) of this project's D variables."""
+def discriminator_to_torch(variables: Variables, dtype=np.float32) -> collections.OrderedDict:
+  """Returns the PyTorch tutorial's netD state_dict (numpy arrays of dtype) of this project's D
+  variables."""
   params, stats = variables["params"], variables["batch_stats"]
   n = sum(1 for k in params if k.startswith("Conv_")) - 1
   out = collections.OrderedDict()
-  out["main.0.weight"] = _kernel(params, "Conv_0")
+  out["main.0.weight"] = _kernel(params, "Conv_0", dtype)
   for i in range(1, n):
-    out[f"main.{3 * i - 1}.weight"] = _kernel(params, f"Conv_{i}")
-    _torch_batch_norm(out, 3 * i, params[f"BatchNorm_{i - 1}"], stats[f"BatchNorm_{i - 1}"])
-  out[f"main.{3 * n - 1}.weight"] = _kernel(params, f"Conv_{n}")
+    out[f"main.{3 * i - 1}.weight"] = _kernel(params, f"Conv_{i}", dtype)
+    _torch_batch_norm(out, 3 * i, params[f"BatchNorm_{i - 1}"], stats[f"BatchNorm_{i - 1}"],
+                      dtype)
+  out[f"main.{3 * n - 1}.weight"] = _kernel(params, f"Conv_{n}", dtype)
   return out
 
 

@@ -23,12 +23,51 @@ def bn_scale_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-# PyTorch BatchNorm2d(momentum=0.1, eps=1e-5) is Flax momentum 0.9, epsilon 1e-5.
-# Flax keeps the biased batch variance in its running average (PyTorch keeps the
-# unbiased one); with B*H*W >= 1024 values per channel the two differ by < 0.1%.
-BatchNorm = functools.partial(
-    nn.BatchNorm, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,
-    bias_init=nn.initializers.zeros)
+class BatchNorm(nn.Module):
+  """PyTorch's `BatchNorm2d(momentum=0.1, eps=1e-5)` over the last axis, in Flax's variables.
+
+  Training normalises with the batch's mean and biased variance (Flax's one-pass form,
+  E[x^2] - E[x]^2, in float32 at least), as both libraries do; the running averages are
+  PyTorch's: momentum 0.1 and the *unbiased* batch variance (times n / (n - 1), n = B*H*W values
+  per channel), where Flax's nn.BatchNorm keeps the biased one. Parameters 'scale' and 'bias'
+  and statistics 'mean' and 'var' are named and placed as nn.BatchNorm's, so checkpoints and
+  dcgan_jax.convert read them unchanged.
+  """
+  use_running_average: bool = False
+  dtype: str = "float32"
+  momentum: float = 0.9  # Flax's convention: the weight of the old average
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    features = x_BxHxWxC.shape[-1]
+    scale = self.param("scale", bn_scale_init, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      mean, var = _batch_moments(x_BxHxWxC, self.dtype)
+      if not self.is_initializing():
+        n = x_BxHxWxC.size // features
+        unbiased = var * (n / (n - 1)) if n > 1 else var
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+    y = x_BxHxWxC - mean
+    y *= jax.lax.rsqrt(var + self.epsilon) * scale
+    y += bias
+    return y.astype(self.dtype)
+
+
+def _batch_moments(x: jax.Array, dtype: str) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and biased variance over every axis but the last, in float32 at least
+  (float64 stays float64), the variance as max(0, E[x^2] - E[x]^2) in one pass (Flax's)."""
+  x = x.astype(jnp.promote_types(dtype, jnp.float32))
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  mean2 = jnp.mean(jnp.square(x), axes)
+  return mean, jnp.maximum(0.0, mean2 - jnp.square(mean))
 
 
 def num_stride2_layers(image_size: int) -> int:

@@ -10,14 +10,15 @@ One iteration is `d_step` then `g_step`, as in the PyTorch tutorial. Both draw
 the same noise z (keyed by the step counter), so the G step sees exactly the
 fake batch the D step trained on.
 
-BatchNorm statistics:
-- D's running averages are updated by the D step's two forward passes, real
-  then fake, threaded in that order (PyTorch's in-place updates do the same).
+BatchNorm statistics, as in the tutorial's loop:
+- Every training forward pass normalises with batch statistics.
+- D's running averages are updated by each of D's forward passes in the order
+  the tutorial runs them: the D step's real then fake batch, then the G step's
+  pass over the fake batch (PyTorch's in-place updates do the same; so do the
+  spectral-norm vectors, which advance on every training pass).
 - G's running averages are updated once per iteration, by the G step.
-- Every training forward pass normalises with batch statistics. The G step runs
-  D in train mode too but keeps D's running averages as they were, so a D step
-  changes only D and a G step changes only G (the tutorial's G step would also
-  move D's running averages, which training itself never reads).
+Training never reads running averages; they are what eval-mode sampling and an
+exported netD/netG use, and they evolve as PyTorch's would.
 """
 
 import dataclasses
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dcgan_jax import augment, losses, parallel
+from dcgan_jax import augment, losses, optim, parallel
 from dcgan_jax.models import Discriminator, Generator
 
 PyTree = Any
@@ -62,7 +63,7 @@ class Adam:
 
   @property
   def tx(self) -> optax.GradientTransformation:
-    return optax.adam(self.learning_rate, b1=self.b1, b2=self.b2, eps=self.eps)
+    return optim.adam(self.learning_rate, b1=self.b1, b2=self.b2, eps=self.eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,10 +156,11 @@ MAX_D_STEPS = 100  # keeps the constants' ranges apart
 
 
 def step_noise(gan: GAN, state: TrainState, batch_size: int) -> jax.Array:
-  """Draws the latent batch z (B, Z) of the state's current step, N(0, 1), split over the
-  data mesh where there is one (each device runs G on its part of the batch)."""
+  """Draws the latent batch z (B, Z) of the state's current step, N(0, 1), float32 (also under
+  jax_enable_x64), split over the data mesh where there is one (each device runs G on its part of
+  the batch)."""
   key = _step_key(state)
-  return _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz)))
+  return _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz), jnp.float32))
 
 
 def _split_batch(gan: GAN, x_Bx: jax.Array) -> jax.Array:
@@ -231,7 +233,7 @@ def _earlier_d_updates(gan: GAN, state: TrainState, images_BxDxSxSxC_u8: jax.Arr
   def body(s: TrainState, xs):
     images_u8, j = xs
     key = jax.random.fold_in(_step_key(s), _EARLIER_NOISE + j)
-    z = _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz)))
+    z = _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz), jnp.float32))
     fake, _ = _apply_train(gan.generator, s.g_params, s.g_batch_stats, z)
     s, _ = _d_update(gan, s, _split_batch(gan, to_float(images_u8)), fake, j)
     return s, None
@@ -257,22 +259,23 @@ def _last_real(gan: GAN, state: TrainState, images_u8: jax.Array
 
 
 def _g_loss_of_fake(gan: GAN, state: TrainState, fake: jax.Array):
-  """G's loss as a function of the fake batch, against the current D."""
+  """G's loss as a function of the fake batch, against the current D; (loss, (D's logits, D's
+  batch_stats after this pass))."""
   if gan.augment:
     fake = augment.apply(gan.augment, jax.random.fold_in(_step_key(state), _G_AUGMENT), fake)
-  logits, _ = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
-  return losses.generator_loss(logits, gan.loss), logits
+  logits, d_stats = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
+  return losses.generator_loss(logits, gan.loss), (logits, d_stats)
 
 
-def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, loss: jax.Array,
-              logits: jax.Array) -> tuple[TrainState, Metrics]:
+def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, d_stats: PyTree,
+              loss: jax.Array, logits: jax.Array) -> tuple[TrainState, Metrics]:
   updates, opt_state = gan.g_opt.tx.update(grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
   ema = state.g_ema_params
   if gan.g_ema_decay > 0:
     ema = optax.incremental_update(g_params, ema, step_size=1.0 - gan.g_ema_decay)
   new_state = state.replace(g_params=g_params, g_batch_stats=stats, g_opt_state=opt_state,
-                            g_ema_params=ema, step=state.step + 1)
+                            g_ema_params=ema, d_batch_stats=d_stats, step=state.step + 1)
   return new_state, {"loss_g": loss, "d_g_z2": jnp.mean(jax.nn.sigmoid(logits))}
 
 
@@ -286,18 +289,18 @@ def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainStat
 
 
 def g_step(gan: GAN, state: TrainState, batch_size: int) -> tuple[TrainState, Metrics]:
-  """Runs one generator update on a batch of batch_size against the current D; advances the step
-  counter."""
+  """Runs one generator update on a batch of batch_size against the current D (whose running
+  statistics take this pass, as in the tutorial); advances the step counter."""
   z = step_noise(gan, state, batch_size)
 
   def loss_fn(g_params):
     fake, stats = _apply_train(gan.generator, g_params, state.g_batch_stats, z)
-    loss, logits = _g_loss_of_fake(gan, state, fake)
-    return loss, (stats, logits)
+    loss, (logits, d_stats) = _g_loss_of_fake(gan, state, fake)
+    return loss, (stats, d_stats, logits)
 
-  (loss, (stats, logits)), grads = jax.value_and_grad(
+  (loss, (stats, d_stats, logits)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.g_params)
-  return _g_update(gan, state, grads, stats, loss, logits)
+  return _g_update(gan, state, grads, stats, d_stats, loss, logits)
 
 
 def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
@@ -313,10 +316,10 @@ def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[Train
                                      step_noise(gan, state, real.shape[0]))
   fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
   state, d_metrics = _d_update(gan, state, real, fake, gan.d_steps - 1)
-  (loss, logits), d_fake = jax.value_and_grad(
+  (loss, (logits, d_stats)), d_fake = jax.value_and_grad(
       functools.partial(_g_loss_of_fake, gan, state), has_aux=True)(fake)
   grads, = g_vjp(d_fake)
-  state, g_metrics = _g_update(gan, state, grads, g_stats, loss, logits)
+  state, g_metrics = _g_update(gan, state, grads, g_stats, d_stats, loss, logits)
   return state, {**d_metrics, **g_metrics}
 
 

@@ -4,7 +4,6 @@ round trips are exact, wrong files are refused, and the command line imports and
 import pathlib
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ from dcgan_jax.models import Discriminator, Generator
 pytestmark = pytest.mark.slow  # compiles both networks in JAX and PyTorch
 
 torch = pytest.importorskip("torch")  # installed in CI (.ci/run)
-from benchmarks.throughput import _torch_models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import drift  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -36,17 +35,8 @@ class _Tutorial(torch.nn.Module):
 
 
 def _torch_pair(size: int, channels: int, seed: int, ngf: int = 8, ndf: int = 8, nz: int = 12):
-  torch.manual_seed(seed)
-  args = types.SimpleNamespace(image_size=size, channels=channels, ngf=ngf, ndf=ndf, nz=nz)
-  net_g, net_d = (_Tutorial(m) for m in _torch_models(args))
-  with torch.no_grad():  # random BatchNorm affine parameters and running statistics
-    for module in list(net_g.modules()) + list(net_d.modules()):
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.2)
-        module.running_mean.normal_(0, 0.3)
-        module.running_var.uniform_(0.5, 2.0)
-  return net_g, net_d
+  """The tutorial's networks (random BatchNorm statistics), wrapped as the tutorial wraps them."""
+  return tuple(_Tutorial(m) for m in drift.torch_pair(size, channels, seed, ngf, ndf, nz))
 
 
 def _state_dict(net) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,10 +88,12 @@ def test_batchnorm_matches_pytorch_settings(g32):
   x = models.ops.project_4x4(z, g_vars["params"]["Project4x4_0"]["kernel"])
   np.testing.assert_allclose(stats["BatchNorm_0"]["mean"], 0.1 * np.asarray(x).mean(axis=(0, 1, 2)),
                              rtol=1e-4, atol=1e-7)
+  n = x.shape[0] * 16  # values per channel; PyTorch averages the unbiased variance
   np.testing.assert_allclose(stats["BatchNorm_0"]["var"],
-                             0.9 + 0.1 * np.asarray(x).var(axis=(0, 1, 2)), rtol=1e-4)
-  assert models.BatchNorm.keywords["epsilon"] == 1e-5
-  assert models.BatchNorm.keywords["momentum"] == 0.9
+                             0.9 + 0.1 * np.asarray(x).var(axis=(0, 1, 2)) * n / (n - 1),
+                             rtol=1e-4)
+  assert models.BatchNorm.epsilon == 1e-5
+  assert models.BatchNorm.momentum == 0.9
 
 
 def test_tutorial_parameter_counts_at_64px():
@@ -254,3 +257,27 @@ def test_critic_norms_treat_each_image_alone(norm):
 def test_unknown_critic_norm_raises():
   with pytest.raises(ValueError, match="'group'"):
     _init(models.Discriminator(32, ndf=8, norm="group"), jnp.zeros((2, 32, 32, 1)))
+
+
+def test_batch_norm_normalises_as_flax_and_averages_as_pytorch():
+  torch = pytest.importorskip("torch")
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (6, 3, 3, 4)) * 2 + 0.5)
+  ours = models.BatchNorm()
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                         scale_init=models.bn_scale_init)
+  variables = ours.init(jax.random.PRNGKey(1), x)
+  y, updates = ours.apply(variables, x, mutable=["batch_stats"])
+  y_flax, _ = flax_bn.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_array_equal(y, y_flax)  # the training output is unchanged
+  torch_bn = torch.nn.BatchNorm2d(4)
+  with torch.no_grad():
+    torch_bn.weight.copy_(torch.from_numpy(np.array(variables["params"]["scale"])))
+    torch_bn(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  stats = updates["batch_stats"]
+  np.testing.assert_allclose(stats["mean"], torch_bn.running_mean.numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(stats["var"], torch_bn.running_var.numpy(), rtol=1e-6)
+  n = 6 * 3 * 3  # the unbiased variance: n / (n - 1) times the batch's
+  np.testing.assert_allclose((stats["var"] - 0.9) / 0.1, np.var(x, axis=(0, 1, 2)) * n / (n - 1),
+                             rtol=1e-5)
+  assert models.BatchNorm(use_running_average=True).apply(
+      {"params": variables["params"], "batch_stats": stats}, x).shape == x.shape

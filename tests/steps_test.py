@@ -34,13 +34,19 @@ def test_d_step_changes_d_only(gan, state, real_batch):
 
 
 @pytest.mark.slow
-def test_g_step_changes_g_only(gan, state):
+def test_g_step_changes_g_and_only_d_running_statistics(gan, state):
   new, metrics = jit_g_step(gan, state, 4)
   assert _all_differ(new.g_params, state.g_params)
   assert _all_differ(new.g_batch_stats, state.g_batch_stats)
   assert int(new.step) == 1
-  for field in ("d_params", "d_batch_stats", "d_opt_state", "rng"):
+  for field in ("d_params", "d_opt_state", "rng"):
     assert trees_close(getattr(new, field), getattr(state, field)), field
+  # As in the tutorial, D's pass over G's batch moves D's running statistics, and only by it.
+  fake, _ = jit_apply_train(gan.generator, state.g_params, state.g_batch_stats,
+                            steps.step_noise(gan, state, 4))
+  _, want = jit_apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
+  assert _all_differ(new.d_batch_stats, state.d_batch_stats)
+  assert trees_close(new.d_batch_stats, want, rtol=1e-6)
   assert all(bool(jnp.isfinite(v)) for v in metrics.values())
 
 
@@ -292,7 +298,8 @@ def test_several_d_updates_per_g_update():
     steps.train_step(_variant(d_steps=5), state, images)
 
 
-def test_spectral_norm_vectors_live_in_d_batch_stats_and_move_with_d_updates_only(real_batch):
+def test_spectral_norm_vectors_live_in_d_batch_stats_and_move_with_every_training_pass(
+    real_batch):
   gan = _variant(spectral_norm=True, norm="none")
   state = steps.init_train_state(gan, 0)
   assert set(state.d_batch_stats) == {f"Conv_{i}" for i in range(4)}
@@ -300,8 +307,9 @@ def test_spectral_norm_vectors_live_in_d_batch_stats_and_move_with_d_updates_onl
   wide = lambda stats: {k: v for k, v in stats.items() if k != "Conv_3"}  # noqa: E731
   assert _all_differ(wide(after_d.d_batch_stats), wide(state.d_batch_stats))
   assert float(after_d.d_batch_stats["Conv_3"]["sn_u"][0]) in (-1.0, 1.0)  # one output: +-1
-  after_g, _ = jit_g_step(gan, after_d, 4)
-  assert trees_close(after_g.d_batch_stats, after_d.d_batch_stats)
+  after_g, _ = jit_g_step(gan, after_d, 4)  # D's pass in the G step advances them too (PyTorch's)
+  assert _all_differ(wide(after_g.d_batch_stats), wide(after_d.d_batch_stats))
+  assert trees_close(after_g.d_params, after_d.d_params)
 
 
 def test_critic_without_any_norm_has_no_d_batch_stats(real_batch):
