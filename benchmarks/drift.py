@@ -55,11 +55,13 @@ def state_dict(net) -> dict[str, np.ndarray]:
   return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
 
 
-def torch_iterations(net_g, net_d, reals_KxBxSxSxC: np.ndarray, z_KxBxZ: np.ndarray,
+def torch_iterations(net_g, net_d, images_KxBxSxSxC_u8: np.ndarray, z_KxBxZ: np.ndarray,
                      dtype: str) -> list[Snapshot]:
-  """Runs the tutorial's iterations on copies of the networks in dtype; after each, the Adam first
-  moments of every parameter and both networks' running statistics."""
+  """Runs the tutorial's iterations on copies of the networks in dtype, on the images as
+  dcgan-jax's steps.to_float makes them floats; after each, the Adam first moments of every
+  parameter and both networks' running statistics."""
   import torch  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
 
   torch_dtype = getattr(torch, dtype)
   g, d = copy.deepcopy(net_g).to(torch_dtype), copy.deepcopy(net_d).to(torch_dtype)
@@ -70,7 +72,8 @@ def torch_iterations(net_g, net_d, reals_KxBxSxSxC: np.ndarray, z_KxBxZ: np.ndar
   g.train()
   d.train()
   snapshots = []
-  for real, z in zip(reals_KxBxSxSxC, z_KxBxZ):
+  for images, z in zip(images_KxBxSxSxC_u8, z_KxBxZ):
+    real = np.asarray(steps.to_float(images))
     real_t = torch.from_numpy(real.transpose(0, 3, 1, 2).copy()).to(torch_dtype)
     z_t = torch.from_numpy(z).to(torch_dtype)[:, :, None, None]
     ones = torch.ones(len(z), dtype=torch_dtype)
@@ -103,12 +106,13 @@ def jax_iterations(net_g, net_d, images_KxBxSxSxC_u8: np.ndarray, dtype: str, se
   """Runs dcgan-jax's train_step on the converted networks in dtype (float64 under
   jax.enable_x64); returns the snapshots (as torch_iterations') and the latents (K, B, Z)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
 
   with jax.enable_x64(dtype == "float64"):
     gan, state = jax_setup(net_g, net_d, dtype, seed, upconv_impl, downconv_impl)
     snapshots, latents = [], []
     for images in images_KxBxSxSxC_u8:
-      latents.append(np.asarray(jax_noise(gan, state, images.shape[0])))
+      latents.append(np.asarray(steps.step_noise(gan, state, images.shape[0])))
       state = jax_step(gan, state, images)
       snapshots.append(jax_snapshot(state))
   return snapshots, np.stack(latents)
@@ -138,11 +142,6 @@ def jax_setup(net_g, net_d, dtype: str, seed: int, upconv_impl: str = "auto",
       g_opt_state=gan.g_opt.tx.init(g_params),
       d_params=d_params, d_batch_stats=cast(d_vars["batch_stats"]),
       d_opt_state=gan.d_opt.tx.init(d_params))
-
-
-def jax_noise(gan, state, batch_size: int):
-  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
-  return steps.step_noise(gan, state, batch_size)
 
 
 @functools.cache
@@ -189,30 +188,40 @@ def real_batches(size: int, channels: int, batch: int, iterations: int, seed: in
   return rng.integers(0, 256, (iterations, batch, size, size, channels), dtype=np.uint8)
 
 
+def both_sides(net_g, net_d, images_KxBxSxSxC_u8: np.ndarray, dtype: str, seed: int, **impls
+               ) -> tuple[list[Snapshot], list[Snapshot]]:
+  """dcgan-jax's and PyTorch's snapshots of the same iterations in dtype: the same images, and
+  dcgan-jax's latents handed to PyTorch; impls: jax_iterations' convolution forms."""
+  ours, latents = jax_iterations(net_g, net_d, images_KxBxSxSxC_u8, dtype, seed, **impls)
+  return ours, torch_iterations(net_g, net_d, images_KxBxSxSxC_u8, latents, dtype)
+
+
+# (side, dtype) of each line and the run it is compared with.
+_COMPARISONS = ((("jax", "float32"), ("jax", "float64")),
+                (("jax", "float64"), ("torch", "float64")),
+                (("torch", "float32"), ("torch", "float64")))
+
+
 def run_seed(args, seed: int) -> list[dict]:
   """The float32 and float64 runs of both sides for one seed: one line per side and dtype."""
   net_g, net_d = torch_pair(args.size, args.channels, seed, args.ngf, args.ndf, args.nz)
   images = real_batches(args.size, args.channels, args.batch, args.iterations, seed)
-  reals = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
   impls = {"upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl}
   runs = {}
   for dtype in ("float64", "float32"):
-    runs["jax", dtype], latents = jax_iterations(net_g, net_d, images, dtype, seed, **impls)
-    runs["torch", dtype] = torch_iterations(net_g, net_d, reals, latents, dtype)
+    runs["jax", dtype], runs["torch", dtype] = both_sides(net_g, net_d, images, dtype, seed,
+                                                          **impls)
   lines = []
-  for side in ("jax", "torch"):
-    for dtype, ref in (("float32", (side, "float64")), ("float64", ("torch", "float64"))):
-      if side == "torch" and dtype == "float64":
-        continue
-      errors = [relative_errors(got, want) for got, want in zip(runs[side, dtype], runs[ref])]
-      line = {"seed": seed, "side": side, "dtype": dtype, "against": f"{ref[0]} {ref[1]}",
-              "moments": [worst(e)[1] for e in errors],
-              "worst_tensor": [worst(e)[0] for e in errors],
-              "running": [worst(relative_errors(got, want, "running"))[1]
-                          for got, want in zip(runs[side, dtype], runs[ref])]}
-      if dtype == "float32":
-        line["within"] = bool(line["moments"][1] <= args.tolerance)
-      lines.append(line)
+  for (side, dtype), ref in _COMPARISONS:
+    errors = [relative_errors(got, want) for got, want in zip(runs[side, dtype], runs[ref])]
+    line = {"seed": seed, "side": side, "dtype": dtype, "against": f"{ref[0]} {ref[1]}",
+            "moments": [worst(e)[1] for e in errors],
+            "worst_tensor": [worst(e)[0] for e in errors],
+            "running": [worst(relative_errors(got, want, "running"))[1]
+                        for got, want in zip(runs[side, dtype], runs[ref])]}
+    if dtype == "float32":
+      line["within"] = bool(line["moments"][1] <= args.tolerance)
+    lines.append(line)
   return lines
 
 

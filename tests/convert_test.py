@@ -39,15 +39,11 @@ def _torch_pair(size: int, channels: int, seed: int, ngf: int = 8, ndf: int = 8,
   return tuple(_Tutorial(m) for m in drift.torch_pair(size, channels, seed, ngf, ndf, nz))
 
 
-def _state_dict(net) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-
-
 @pytest.mark.parametrize("size,channels", [(32, 1), (32, 3), (64, 1), (64, 3)])
 def test_converted_models_compute_what_pytorch_computes(size, channels):
   net_g, net_d = _torch_pair(size, channels, seed=size + channels)
-  g_vars, g_sizes = convert.generator_from_torch(_state_dict(net_g))
-  d_vars, d_sizes = convert.discriminator_from_torch(_state_dict(net_d))
+  g_vars, g_sizes = convert.generator_from_torch(drift.state_dict(net_g))
+  d_vars, d_sizes = convert.discriminator_from_torch(drift.state_dict(net_d))
   assert g_sizes == {"image_size": size, "channels": channels, "nz": 12, "ngf": 8}
   assert d_sizes == {"image_size": size, "channels": channels, "ndf": 8}
   gen, disc = Generator(size, channels, ngf=8), Discriminator(size, ndf=8)
@@ -100,7 +96,7 @@ def test_round_trips_are_exact(size, channels):
 
 def test_wrong_state_dicts_are_refused_naming_the_key():
   net_g, net_d = _torch_pair(64, 3, seed=0)
-  g_sd, d_sd = _state_dict(net_g), _state_dict(net_d)
+  g_sd, d_sd = drift.state_dict(net_g), drift.state_dict(net_d)
   with pytest.raises(convert.NotADcganStateDict, match="netD: 'main.2.weight' is missing"):
     convert.discriminator_from_torch(g_sd)
   bad = dict(g_sd, **{"main.4.running_var": np.ones(7, np.float32)})

@@ -4,7 +4,6 @@ float32 G's and D's running statistics follow PyTorch's (benchmarks/drift.py run
 
 import json
 
-import numpy as np
 import pytest
 
 from benchmarks import drift
@@ -20,10 +19,7 @@ _SETTINGS = [(64, 3, 16, 16, 1), (32, 1, 32, 8, 1)]
 def _both_sides(size, channels, batch, width, seed, dtype, iterations=3):
   net_g, net_d = drift.torch_pair(size, channels, seed, width, width, nz=100)
   images = drift.real_batches(size, channels, batch, iterations, seed)
-  reals = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-  ours, latents = drift.jax_iterations(net_g, net_d, images, dtype, seed)
-  theirs = drift.torch_iterations(net_g, net_d, reals, latents, dtype)
-  return ours, theirs
+  return drift.both_sides(net_g, net_d, images, dtype, seed)
 
 
 @pytest.mark.parametrize("size,channels,batch,width,seed", _SETTINGS)
