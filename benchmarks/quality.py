@@ -1,16 +1,20 @@
 """Image quality of GAN settings on the embedded digits, over seeds, at equal training time.
 
-Each setting is the embedded default (configs/default.py) with a few fields changed. A run
-trains the setting for its step budget, the number of its steps that take as long as the
-default's 10,000 (from COST, each setting's time per step relative to the default's, measured
-by --calibrate), evaluating every 1,000 steps and at the end; G's EMA (decay 0.999) is kept
-and evaluated alongside in every run (it never changes G's training). One JSON line per run:
-setting, seed, steps, train_s (metrics.csv's training seconds: evaluation and compilation
-left out), wall_s, and for G and for its EMA: best and final classifier FID, the best's step,
-the final KID, classes present and the rarest class's share (final).
+Each setting is the embedded default (configs/default.py) with a few fields changed: 'default'
+is it as it ships (R1 and G's EMA), 'dcgan' the paper's DCGAN without R1 (the embedded default
+before R1), the losses and regularisers are variants of 'dcgan', and 'r1' adds R1 to it (the
+same run as 'default'). A run trains the setting for its step budget, the number of its steps
+that take as long as the paper's DCGAN's 10,000 (from COST, each setting's time per step
+relative to dcgan's, measured by --calibrate), evaluating every 1,000 steps and at the end; G's
+EMA (decay 0.999) is kept and evaluated alongside in every run (it never changes G's training).
+One JSON line per run: setting, seed, steps, train_s (metrics.csv's training seconds:
+evaluation and compilation left out), wall_s, and for G and for its EMA: best and final
+classifier FID, the best's step, the final KID, classes present and the rarest class's share
+(final).
 
   python benchmarks/quality.py --setting default --seed 0 --out results.jsonl
   python benchmarks/quality.py --calibrate            # COST: ms per step of every setting
+  python benchmarks/quality.py --calibrate --setting r1_lsgan   # of one, against dcgan
   python benchmarks/quality.py --table results.jsonl  # mean and standard deviation per setting
 """
 
@@ -24,28 +28,36 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_STEPS = 10_000
+DCGAN_STEPS = 10_000  # the paper's DCGAN's length: the time every setting gets
 EMA_DECAY = 0.999
+
+DCGAN = {"r1_weight": 0.0}  # the embedded default without R1: the paper's DCGAN
 
 # Fields each setting changes. WGAN-GP's learning rates, betas and D updates are its paper's
 # (Gulrajani et al. 2017, Algorithm 1); the others keep the default's Adam (2e-4, 0.5).
 SETTINGS = {
     "default": {},
-    "hinge": {"loss": "hinge"},
-    "lsgan": {"loss": "lsgan"},
-    "wgan_gp": {"loss": "wgan_gp", "g_learning_rate": 1e-4, "d_learning_rate": 1e-4,
+    "dcgan": DCGAN,
+    "hinge": {**DCGAN, "loss": "hinge"},
+    "lsgan": {**DCGAN, "loss": "lsgan"},
+    "wgan_gp": {**DCGAN, "loss": "wgan_gp", "g_learning_rate": 1e-4, "d_learning_rate": 1e-4,
                 "adam_b1": 0.0, "adam_b2": 0.9, "d_steps_per_g_step": 5},
-    "spectral_norm": {"spectral_norm": True},
+    "spectral_norm": {**DCGAN, "spectral_norm": True},
     "r1": {"r1_weight": 1.0},
-    "diffaugment": {"diffaugment": "color,translation,cutout"},
-    "diffaugment_translation": {"diffaugment": "translation"},
+    "diffaugment": {**DCGAN, "diffaugment": "color,translation,cutout"},
+    "diffaugment_translation": {**DCGAN, "diffaugment": "translation"},
+    # The default's R1 with the settings that did best next to it.
+    "r1_lsgan": {"r1_weight": 1.0, "loss": "lsgan"},
+    "r1_diffaugment": {"r1_weight": 1.0, "diffaugment": "color,translation,cutout"},
 }
 
-# Time per step relative to the default's (python benchmarks/quality.py --calibrate,
-# 2026-12-01, 2-core Xeon VM, jax 0.10.2; benchmarks/NOTES.md).
-COST = {"default": 1.0, "hinge": 1.018, "lsgan": 0.985, "wgan_gp": 6.199,
+# Time per step relative to dcgan's (python benchmarks/quality.py --calibrate, 2026-12-01,
+# 2-core AMD EPYC VM, jax 0.10.2; benchmarks/NOTES.md). The default is R1's.
+COST = {"dcgan": 1.0, "hinge": 1.018, "lsgan": 0.985, "wgan_gp": 6.199,
         "spectral_norm": 1.009, "r1": 1.287, "diffaugment": 1.02,
         "diffaugment_translation": 1.079}
+COST.update(r1_lsgan=1.272, r1_diffaugment=1.305)  # the same day, the machine otherwise idle
+COST["default"] = COST["r1"]
 
 
 def config_of(setting: str, seed: int, steps: int | None = None, **extra):
@@ -59,8 +71,8 @@ def config_of(setting: str, seed: int, steps: int | None = None, **extra):
 
 
 def budget(setting: str) -> int:
-  """Steps of a setting that take as long as the default's DEFAULT_STEPS (to 100 steps)."""
-  return max(100, int(round(DEFAULT_STEPS / COST[setting] / 100)) * 100)
+  """Steps of a setting that take as long as dcgan's DCGAN_STEPS (to 100 steps)."""
+  return max(100, int(round(DCGAN_STEPS / COST[setting] / 100)) * 100)
 
 
 def summarize(rows: list[dict], prefix: str = "") -> dict:
@@ -91,7 +103,8 @@ def run(setting: str, seed: int, workdir: str, steps: int | None = None, **extra
 
 def calibrate(settings: list[str], steps: int, rounds: int) -> list[dict]:
   """Milliseconds per step of each setting's train_steps (K=steps per call, batch 64, the
-  default's sizes), the median of `rounds` calls after a compiling one, settings in turn."""
+  default's sizes), the median of `rounds` calls after a compiling one, settings in turn;
+  relative to the first setting's."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dcgan_jax import configuration, steps as steps_lib  # pylint: disable=g-import-not-at-top
@@ -156,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
       print(table([json.loads(line) for line in f if line.strip()]))
     return 0
   if args.calibrate:
-    for line in calibrate(list(SETTINGS), args.calibrate_steps, args.rounds):
+    names = ["dcgan"] + ([args.setting] if args.setting else
+                         [name for name in SETTINGS if name not in ("dcgan", "default")])
+    for line in calibrate(names, args.calibrate_steps, args.rounds):
       print(json.dumps(line), flush=True)
     return 0
   if not args.setting:

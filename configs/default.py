@@ -1,5 +1,10 @@
 """The embedded default: DCGAN on 5,000 MNIST digits at 32x32, offline, on CPU.
 
+The paper's DCGAN (the tutorial's networks, BCE, Adam 2e-4 / 0.5) with two additions that
+raised its image quality on every seed measured (README, Results): the R1 penalty on D
+(r1_weight 1.0) and an EMA of G's parameters (g_ema_decay 0.999), for 7,800 steps, as long
+as the plain DCGAN's 10,000 take. The other presets train the paper's DCGAN without them.
+
 Every preset imports this file and overrides fields; any field can be set from
 the command line, e.g. `--config.batch_size=128`. Each field's note is above it.
 """
@@ -50,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Optimisation: Adam for both networks, as in the paper.
   config.batch_size = 64
-  config.num_train_steps = 10000  # iterations (D step + G step); -1: use num_epochs
+  config.num_train_steps = 7800  # iterations (D step + G step); -1: use num_epochs
   config.num_epochs = -1.0  # used when num_train_steps is -1
   config.g_learning_rate = 2e-4
   config.d_learning_rate = 2e-4
@@ -60,9 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0  # one-sided: D's real target is 1 - label_smoothing
   # > 0: also keep an exponential moving average of G's parameters, ema = decay * ema +
   # (1 - decay) * params after every G step; evaluated alongside G (metrics prefixed ema_).
-  config.g_ema_decay = 0.0
+  config.g_ema_decay = 0.999
 
-  # GAN variants (docs/guide.md#gan-variants); the defaults are the paper's DCGAN.
+  # GAN variants (docs/guide.md#gan-variants); the paper's DCGAN but for R1 (r1_weight).
   # D's and G's losses: 'bce' (the paper's non-saturating loss), 'hinge', 'lsgan' (least
   # squares) or 'wgan_gp' (Wasserstein with gradient penalty; its paper trains with learning
   # rates 1e-4, adam_b1 0.0, adam_b2 0.9 and 5 D updates per G update).
@@ -73,7 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.d_norm = "auto"
   config.spectral_norm = False  # divide D's kernels by their spectral norm (power iteration)
   config.gp_weight = 10.0  # wgan_gp: the gradient penalty's weight (lambda)
-  config.r1_weight = 0.0  # > 0: R1 penalty gamma / 2 * E ||grad_x D(x)||^2 on real images
+  # > 0: R1 penalty gamma / 2 * E ||grad_x D(x)||^2 on real images; 0: the paper's DCGAN.
+  config.r1_weight = 1.0
   # D updates per G update, each on its own real batch (an iteration reads this many batches).
   config.d_steps_per_g_step = 1
   # DiffAugment of D's inputs, real and fake alike: '' or any of 'color,translation,cutout'.

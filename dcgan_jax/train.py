@@ -26,7 +26,7 @@ _train_steps_gather = jax.jit(steps.train_steps_gather, static_argnums=0, donate
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains (or resumes training) and writes metrics, samples, plots and checkpoints."""
   configuration.validate(config)
-  workdir_lib.check_same_model(config, workdir)
+  workdir_lib.check_same_gan(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   data = _load_images(config)

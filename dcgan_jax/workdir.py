@@ -14,6 +14,9 @@ from dcgan_jax.errors import UsageError
 CHECKPOINTS = "checkpoints"  # the latest checkpoints of the run
 BEST = "best"  # the best checkpoint by config.best_metric
 _MODEL_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "d_norm", "spectral_norm")
+# The GAN a run trains (docs/guide.md#gan-variants): a resumed run keeps its own.
+_GAN_FIELDS = ("loss", "r1_weight", "gp_weight", "d_steps_per_g_step", "diffaugment")
+_MAX_VALUE_CHARS = 100  # longer values from a config.json are not repeated in an error
 
 
 def checkpoint_dir(workdir: str, which: str = "latest") -> str:
@@ -35,23 +38,33 @@ def check_writable(workdir: str) -> None:
     raise UsageError(f"--workdir={workdir!r} cannot be written: {e.strerror or e}") from e
 
 
-def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir whose checkpoints are of another model, as its config.json tells,
-  before any work starts (the checkpoints' own shapes are checked again as they restore)."""
+def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir whose checkpoints are of another model or GAN variant (loss, penalties,
+  D steps, augmentation), as its config.json tells, before any work starts (the checkpoints'
+  own shapes are checked again as they restore). Length, learning rates, outputs and G's EMA
+  may change on resume, and the GAN may while no step is trained (an imported model's step 0)."""
   path = os.path.join(workdir, "config.json")
   if not checkpoint.has_steps(checkpoint_dir(workdir)) or not os.path.isfile(path):
     return
+  trained = any(n.isdigit() and int(n) > 0 for n in os.listdir(checkpoint_dir(workdir)))
   try:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError):
+    saved = None
+  if not isinstance(saved, dict):
     logging.warning("%s cannot be read; the checkpoints' shapes will be checked", path)
     return
-  for field in _MODEL_FIELDS:
+  saved = {**configuration.ADDED_FIELD_DEFAULTS, **saved}
+  for field in _MODEL_FIELDS + (_GAN_FIELDS if trained else ()):
     if field in saved and saved[field] != config[field]:
+      value = saved[field]
+      if len(str(value)) > _MAX_VALUE_CHARS:  # no config holds such a value: name no flag
+        raise UsageError(f"--workdir={workdir} holds a run trained with another config.{field} "
+                         "(its config.json): use another --workdir")
       raise UsageError(f"--workdir={workdir} holds a run trained with config.{field}="
-                       f"{saved[field]!r} (its config.json), this config has {config[field]!r}: "
-                       "use the run's config to resume it, or another --workdir")
+                       f"{value!r} (its config.json), this config has {config[field]!r}: "
+                       f"resume it with --config.{field}={value}, or use another --workdir")
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -68,8 +81,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise UsageError(f"--workdir={workdir!r} has no config.json: train there first")
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{path} cannot be read as JSON ({type(e).__name__})") from e
+  if not isinstance(saved, dict):
+    raise UsageError(f"{path} is not a config: a JSON object is needed")
   return ml_collections.ConfigDict({**configuration.ADDED_FIELD_DEFAULTS, **saved})
 
 

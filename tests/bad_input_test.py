@@ -2,6 +2,7 @@
 written: every case's message checked in process (train, sample, serve), then a few cases
 through main.py for the exit status, the one line on stderr and the files left untouched."""
 
+import json
 import os
 import pathlib
 import re
@@ -12,7 +13,9 @@ import sys
 import ml_collections
 import pytest
 
+from configs import default
 from dcgan_jax import configuration, sampling, serve, train
+from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import RunError, UsageError
 from conftest import folder_run_config, make_image_folder, tiny_config, truncate_checkpoint_arrays
 
@@ -117,6 +120,34 @@ def _other_model_no_config_json(case: pathlib.Path):
   return folder_run_config(case / "images", num_train_steps=6, ndf=16)
 
 
+def _other_gan(case: pathlib.Path):
+  return folder_run_config(case / "images", num_train_steps=6, loss="hinge")
+
+
+def _run_from_before_r1(case: pathlib.Path):
+  """A run whose config.json predates r1_weight: it trained without R1, the default has it."""
+  path = case / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["r1_weight"]
+  path.write_text(json.dumps(saved))
+  return folder_run_config(case / "images", num_train_steps=6)
+
+
+def _config_json_not_an_object(case: pathlib.Path):
+  """A crafted config.json (a list): read as unreadable, so the checkpoints' shapes decide."""
+  (case / "run" / "config.json").write_text("[1, 2]")
+  return folder_run_config(case / "images", num_train_steps=6, ndf=16)
+
+
+def _config_json_long_value(case: pathlib.Path):
+  """A crafted config.json with a 1 MB loss: refused without repeating it."""
+  path = case / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  saved["loss"] = "x" * 2**20
+  path.write_text(json.dumps(saved))
+  return folder_run_config(case / "images", num_train_steps=6)
+
+
 def _workdir_is_a_file(case: pathlib.Path):
   shutil.rmtree(case / "run")
   (case / "run").write_text("not a folder")
@@ -133,8 +164,17 @@ WORKDIR_CASES = [
     (_dataset_grew, UsageError, "the dataset now has 43 images; the run in {run} was trained on 40"),
     (_other_model, UsageError, "holds a run trained with config.ngf=8 (its config.json), this "
                                "config has 16"),
+    (_other_gan, UsageError, "holds a run trained with config.loss='bce' (its config.json), this "
+                             "config has 'hinge': resume it with --config.loss=bce, or use"),
+    (_run_from_before_r1, UsageError, "holds a run trained with config.r1_weight=0.0 (its "
+                                      "config.json), this config has 1.0: resume it with "
+                                      "--config.r1_weight=0.0, or use another --workdir"),
     (_other_model_no_config_json, UsageError, "checkpoints/4 has d_batch_stats/BatchNorm_0/mean of "
                                               "shape (16,); this config's model has shape (32,)"),
+    (_config_json_not_an_object, UsageError, "checkpoints/4 has d_batch_stats/BatchNorm_0/mean "
+                                             "of shape (16,); this config's model has shape (32,)"),
+    (_config_json_long_value, UsageError, "holds a run trained with another config.loss (its "
+                                          "config.json): use another --workdir"),
     (_workdir_is_a_file, UsageError, "--workdir='{run}' cannot be written"),
     (_cache_dir_is_a_file, UsageError, "config.json' is not a folder"),
 ]
@@ -159,7 +199,34 @@ def test_bad_workdir_is_refused_and_left_as_it_was(folder_run, tmp_path, make, e
   with pytest.raises(error) as e:
     train.train_and_evaluate(config, str(case / "run"))
   assert message.format(run=case / "run") in str(e.value) and "\n" not in str(e.value)
+  assert len(str(e.value)) < 1000
   assert _files(case) == before
+
+
+@pytest.mark.parametrize("step", [0, 5])
+def test_gan_of_a_trained_run_is_kept_on_resume(tmp_path, step):
+  """Another loss is refused once steps are trained; at step 0 (an imported model) it is not."""
+  (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
+  saved = default.get_config()
+  saved.loss = "hinge"
+  workdir_lib.write_config(saved, str(tmp_path))
+  if step == 0:
+    workdir_lib.check_same_gan(default.get_config(), str(tmp_path))
+    return
+  with pytest.raises(UsageError, match="config.loss='hinge' .* resume it with --config.loss=hinge"):
+    workdir_lib.check_same_gan(default.get_config(), str(tmp_path))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "config.json is not a config: a JSON object is needed"),
+    ("{\"ngf\": ", "config.json cannot be read as JSON (JSONDecodeError)"),
+    ("\udcff".encode("utf-8", "surrogatepass").decode("latin-1"), "config.json cannot be read"),
+])
+def test_crafted_config_json_is_refused_in_one_line(tmp_path, text, message):
+  (tmp_path / "config.json").write_text(text, encoding="latin-1")
+  with pytest.raises(UsageError, match=re.escape(message)) as e:
+    sampling.sample_from_workdir(str(tmp_path))
+  assert "\n" not in str(e.value)
 
 
 @pytest.mark.slow

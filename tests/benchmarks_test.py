@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from configs import default
+
 pytestmark = pytest.mark.slow  # every benchmark runs in a subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,7 +37,6 @@ def test_jax_line_has_the_contract_fields():
 
 
 def test_jax_runs_as_the_training_loop_with_the_flop_fraction_of_a_given_peak():
-  from configs import default  # pylint: disable=g-import-not-at-top
 
   k = default.get_config().steps_per_dispatch
   [line] = _run("--impl", "jax", *TINY[:-6], "--steps", str(k + 1), "--windows", "1",
@@ -167,8 +168,13 @@ def test_quality_runs_a_setting_and_tabulates_mean_and_spread(tmp_path):
     import quality  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.remove(str(ROOT / "benchmarks"))
-  assert quality.budget("default") == 10_000
+  assert quality.budget("dcgan") == 10_000
   assert quality.budget("wgan_gp") == round(10_000 / quality.COST["wgan_gp"] / 100) * 100
+  # The embedded default (R1) trains as long as the paper's DCGAN's 10,000 steps take.
+  assert quality.budget("default") == default.get_config().num_train_steps == 7_800
+  assert quality.config_of("default", 0).r1_weight == 1.0 == quality.config_of("r1", 0).r1_weight
+  for setting in ("dcgan", "hinge", "lsgan", "wgan_gp", "spectral_norm", "diffaugment"):
+    assert quality.config_of(setting, 0).r1_weight == 0.0, setting
   tiny = dict(ngf=8, ndf=8, batch_size=16, eval_every_steps=2, eval_num_samples=20,
               log_every_steps=2, sample_every_steps=4, checkpoint_every_steps=4)
   lines = [quality.run("r1", seed, str(tmp_path / f"r1_{seed}"), steps=4, **tiny)

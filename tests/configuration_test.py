@@ -19,6 +19,20 @@ def test_celeba_has_the_tutorial_settings():
   assert c.dataset == "tfds:celeb_a"
 
 
+@pytest.mark.parametrize("module", [celeba, mnist, cifar10, imagefolder])
+def test_presets_train_the_papers_dcgan(module):
+  """The embedded default adds R1 and G's EMA (measured on its digits); the presets do not."""
+  c = module.get_config()
+  assert (c.loss, c.r1_weight, c.g_ema_decay, c.spectral_norm, c.diffaugment) == (
+      "bce", 0.0, 0.0, False, "")
+
+
+def test_embedded_default_is_dcgan_with_r1_and_ema():
+  c = default.get_config()
+  assert (c.loss, c.g_learning_rate, c.d_learning_rate, c.adam_b1) == ("bce", 2e-4, 2e-4, 0.5)
+  assert (c.r1_weight, c.g_ema_decay, c.num_train_steps) == (1.0, 0.999, 7800)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("image_size", 48, "config.image_size=48 is not supported"),
     ("channels", 2, "config.channels=2"),
@@ -55,7 +69,7 @@ def test_epochs_need_to_be_positive_when_steps_are_minus_one():
 
 def test_total_steps():
   config = default.get_config()
-  assert configuration.total_steps(config, 5000) == 10000
+  assert configuration.total_steps(config, 5000) == 7800
   config.num_train_steps, config.num_epochs, config.batch_size = -1, 2.5, 64
   assert configuration.total_steps(config, 5000) == 195  # 78 full batches per epoch
 
@@ -67,7 +81,8 @@ def test_total_steps():
     ({"eval_every_steps": -1}, "config.eval_every_steps=-1"),
     ({"eval_num_samples": 5}, "config.eval_num_samples=5"),
     ({"g_ema_decay": 1.0}, "config.g_ema_decay=1.0"),
-    ({"best_metric": "ema_classifier_fid"}, "config.best_metric='ema_classifier_fid'"),
+    ({"best_metric": "ema_classifier_fid", "g_ema_decay": 0.0},
+     "config.best_metric='ema_classifier_fid'"),
     ({"best_metric": "fid"}, "config.best_metric='fid' is not one of auto, classifier_fid"),
 ])
 def test_bad_evaluation_settings_are_named(changes, message):

@@ -47,11 +47,11 @@ def folder_run_config(images: pathlib.Path, **fields):
 
 @pytest.fixture(scope="session")
 def folder_run(tmp_path_factory) -> pathlib.Path:
-  """A folder holding images/ (40 images) and run/ (folder_run_config trained: checkpoints 2
-  and 4); tests copy it before changing it."""
+  """A folder holding images/ (40 images) and run/ (folder_run_config trained without G's EMA:
+  checkpoints 2 and 4); tests copy it before changing it."""
   base = tmp_path_factory.mktemp("folder_run")
   images = make_image_folder(base / "images", count=40, size=(40, 40))
-  train.train_and_evaluate(folder_run_config(images), str(base / "run"))
+  train.train_and_evaluate(folder_run_config(images, g_ema_decay=0.0), str(base / "run"))
   return base
 
 

@@ -12,7 +12,9 @@ import pytest
 
 from PIL import Image
 
+from conftest import trees_close
 from dcgan_jax import convert, sampling
+from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.models import Discriminator, Generator
 
 pytestmark = pytest.mark.slow  # compiles both networks in JAX and PyTorch
@@ -130,6 +132,9 @@ def test_import_sample_train_on_and_export(tmp_path):
                 f"--netD={tmp_path / 'netD.pth'}", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--config.ngf=16 --config.ndf=8" in result.stdout
+  # The embedded default keeps G's EMA: it starts at the imported G, as a new run's starts at G.
+  _, _, state, _ = workdir_lib.restore(str(workdir))
+  assert trees_close(state.g_ema_params, state.g_params)
   # Exported untouched, the files are the originals, tensor for tensor.
   result = _run("-m", "dcgan_jax.convert", "export", f"--workdir={workdir}",
                 f"--out={tmp_path / 'out'}")

@@ -99,6 +99,7 @@ def test_evaluation_during_training_needs_an_evaluator_and_an_interval():
 
 def test_best_metric_name():
   config = default.get_config()
+  config.g_ema_decay = 0.0
   assert evaluation.best_metric_name(config) == "classifier_fid"
   config.g_ema_decay = 0.999
   assert evaluation.best_metric_name(config) == "ema_classifier_fid"

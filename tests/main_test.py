@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from configs import default
 from conftest import make_image_folder
 
 pytestmark = pytest.mark.slow  # runs the program in subprocesses
@@ -31,7 +32,7 @@ def used_workdir(tmp_path):
   workdir = tmp_path / "run"
   (workdir / "checkpoints" / "100").mkdir(parents=True)
   (workdir / "metrics.csv").write_text("step,epoch,loss_d,loss_g\n100,1,0.5,2.0\n")
-  (workdir / "config.json").write_text("{}")
+  (workdir / "config.json").write_text(json.dumps(default.get_config().to_dict()))
   return workdir
 
 
