@@ -52,11 +52,11 @@ SETTINGS = {
 }
 
 # Time per step relative to dcgan's (python benchmarks/quality.py --calibrate, 2026-12-01,
-# 2-core AMD EPYC VM, jax 0.10.2; benchmarks/NOTES.md). The default is R1's.
+# 2-core AMD EPYC VM, jax 0.10.2; benchmarks/NOTES.md; r1_lsgan and r1_diffaugment later that
+# day, the machine otherwise idle). The default is R1's.
 COST = {"dcgan": 1.0, "hinge": 1.018, "lsgan": 0.985, "wgan_gp": 6.199,
         "spectral_norm": 1.009, "r1": 1.287, "diffaugment": 1.02,
-        "diffaugment_translation": 1.079}
-COST.update(r1_lsgan=1.272, r1_diffaugment=1.305)  # the same day, the machine otherwise idle
+        "diffaugment_translation": 1.079, "r1_lsgan": 1.272, "r1_diffaugment": 1.305}
 COST["default"] = COST["r1"]
 
 

@@ -245,9 +245,11 @@ class BestCheckpointer(Checkpointer):
     return saved
 
 
-def has_steps(directory: str) -> bool:
-  """Tells whether a checkpoint folder holds any step (committed or not)."""
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+def step_numbers(directory: str) -> list[int]:
+  """The steps a checkpoint folder holds (committed or not), read from its folder names."""
+  if not os.path.isdir(directory):
+    return []
+  return [int(n) for n in os.listdir(directory) if n.isdigit()]
 
 
 def restore_newest(directory: str, template: TrainState) -> tuple[TrainState, int] | None:

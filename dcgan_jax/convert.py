@@ -233,11 +233,11 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
   gan = steps.gan_from_config(config)
   state = steps.init_train_state(gan, seed)
   as_jax = lambda tree: jax.tree.map(jax.numpy.asarray, tree)  # noqa: E731
-  state = state.replace(g_params=as_jax(g_vars["params"]),
-                        g_batch_stats=as_jax(g_vars["batch_stats"]),
-                        g_opt_state=gan.g_opt.tx.init(as_jax(g_vars["params"])))
-  if state.g_ema_params is not None:  # G's EMA starts at G, as in a new run
-    state = state.replace(g_ema_params=as_jax(g_vars["params"]))
+  g_params = as_jax(g_vars["params"])
+  state = state.replace(g_params=g_params, g_batch_stats=as_jax(g_vars["batch_stats"]),
+                        g_opt_state=gan.g_opt.tx.init(g_params),
+                        # G's EMA (where the config keeps one) starts at G, as in a new run.
+                        g_ema_params=g_params if state.g_ema_params is not None else None)
   if d_vars is not None:
     state = state.replace(d_params=as_jax(d_vars["params"]),
                           d_batch_stats=as_jax(d_vars["batch_stats"]),

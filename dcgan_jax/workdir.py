@@ -44,19 +44,15 @@ def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
   own shapes are checked again as they restore). Length, learning rates, outputs and G's EMA
   may change on resume, and the GAN may while no step is trained (an imported model's step 0)."""
   path = os.path.join(workdir, "config.json")
-  if not checkpoint.has_steps(checkpoint_dir(workdir)) or not os.path.isfile(path):
+  stored = checkpoint.step_numbers(checkpoint_dir(workdir))
+  if not stored or not os.path.isfile(path):
     return
-  trained = any(n.isdigit() and int(n) > 0 for n in os.listdir(checkpoint_dir(workdir)))
   try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError):
-    saved = None
-  if not isinstance(saved, dict):
+    saved = _read_config_json(path)
+  except UsageError:
     logging.warning("%s cannot be read; the checkpoints' shapes will be checked", path)
     return
-  saved = {**configuration.ADDED_FIELD_DEFAULTS, **saved}
-  for field in _MODEL_FIELDS + (_GAN_FIELDS if trained else ()):
+  for field in _MODEL_FIELDS + (_GAN_FIELDS if max(stored) > 0 else ()):
     if field in saved and saved[field] != config[field]:
       value = saved[field]
       if len(str(value)) > _MAX_VALUE_CHARS:  # no config holds such a value: name no flag
@@ -81,6 +77,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise UsageError(f"--workdir={workdir!r} has no config.json: train there first")
+  return ml_collections.ConfigDict(_read_config_json(path))
+
+
+def _read_config_json(path: str) -> dict:
+  """A config.json's fields, those added since it was written filled in with the values that
+  reproduce its run; UsageError when it is not JSON or not a JSON object."""
   try:
     with open(path) as f:
       saved = json.load(f)
@@ -88,7 +90,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise UsageError(f"{path} cannot be read as JSON ({type(e).__name__})") from e
   if not isinstance(saved, dict):
     raise UsageError(f"{path} is not a config: a JSON object is needed")
-  return ml_collections.ConfigDict({**configuration.ADDED_FIELD_DEFAULTS, **saved})
+  return {**configuration.ADDED_FIELD_DEFAULTS, **saved}
 
 
 def restore(workdir: str, which: str = "latest", ema: bool = False
