@@ -63,6 +63,10 @@ def make_config(args):
 
   config = configuration.load_config_file(  # configs/celeba.py, beside configs/default.py
       os.path.join(os.path.dirname(configuration.DEFAULT_CONFIG_FILE), "celeba.py"))
+  # The synthetic images replace the data source (main() patches load_images); a folder
+  # source keeps validation from reaching for tensorflow-datasets, which the preset's
+  # tfds:celeb_a would import.
+  config.dataset = "imagefolder"
   config.image_size, config.channels = args.image_size, args.channels
   config.batch_size, config.ngf, config.ndf = args.batch_size, args.ngf, args.ndf
   config.num_train_steps, config.num_epochs = -1, 1.0

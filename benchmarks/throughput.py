@@ -4,14 +4,18 @@ Each implementation runs full iterations (D update + G update) on synthetic data
 warm-up and compilation, in several timed windows; one JSON line per implementation:
 impl, device, image_size, channels, batch_size, ngf, ndf, images_per_s and ms_per_step
 (median window), window_ms, compile_s, peak_memory_bytes (where the backend tells it),
-gflop_per_step (XLA's count for the plain formulation of the model: the mathematics, not a
-faster form's zero taps), achieved_tflops and, on GPUs of known peak (or with --peak-tflops),
-flop_fraction: achieved over peak. dcgan-jax runs as its training loop does,
-steps_per_dispatch iterations per jitted call (reported). Several implementations run one
-after the other, each in its own process; --rounds repeats that sequence (a "round" field
-tells which).
+gflop_per_step (counted from the architecture by dcgan_jax.flops: the mathematics of the
+plain formulation, not a faster form's zero taps), xla_gflop_per_step (XLA's own count of
+the plain model; null where the backend gives none), achieved_tflops and, on GPUs of known
+peak (or with --peak-tflops), flop_fraction: achieved over peak. A figure the backend or JAX
+version cannot give is null; a failure is a line with "error": the benchmark never stops
+without its lines. dcgan-jax runs as its training loop does, steps_per_dispatch iterations
+per jitted call (reported). Several implementations run one after the other, each in its
+own process; --rounds repeats that sequence (a "round" field tells which). --sweep times
+every exact form of G's and D's strided convolutions (upconv x downconv), one line each.
 
   python benchmarks/throughput.py --impl all --image-size 64 --batch-size 128 --steps 25
+  python benchmarks/throughput.py --sweep --image-size 64 --batch-size 1024 --steps 25
 """
 
 import argparse
@@ -24,6 +28,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dcgan_jax.ops import DOWNCONV_IMPLS, UPCONV_IMPLS  # noqa: E402  # 'auto' first in each
 
 IMPLS = ("jax", "torch-eager", "torch-compile")
 
@@ -46,19 +52,34 @@ def peak_tflops(device: str, dtype: str) -> float | None:
 
 
 def model_gflop_per_step(args) -> float:
-  """FLOPs of one D+G iteration as XLA counts them for the plain (XLA transposed conv) model."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  """FLOPs of one D+G iteration, counted from the architecture (dcgan_jax.flops): the plain
+  formulation's mathematics, as XLA counts it, whichever form runs."""
+  from dcgan_jax import flops  # pylint: disable=g-import-not-at-top
 
-  from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
+  return flops.iteration_flops(args.image_size, args.channels, args.ngf, args.ndf, args.nz,
+                               args.batch_size) / 1e9
 
-  gan = _jax_gan(args, upconv_impl="xla", downconv_impl="xla")
-  state = jax.eval_shape(lambda: steps.create_train_state(gan, jax.random.PRNGKey(0)))
-  images = jax.ShapeDtypeStruct((args.batch_size, args.image_size, args.image_size,
-                                 args.channels), jnp.uint8)
-  cost = jax.jit(steps.train_step, static_argnums=0).lower(gan, state, images).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return cost["flops"] / 1e9
+
+def xla_gflop_per_step(args) -> float | None:
+  """XLA's own count for the plain (XLA transposed conv) model; None where the backend or JAX
+  version gives none (cost_analysis returns None on some GPU backends) or cannot lower it."""
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
+
+    gan = _jax_gan(args, upconv_impl="xla", downconv_impl="xla")
+    images = jax.ShapeDtypeStruct((args.batch_size, args.image_size, args.image_size,
+                                   args.channels), jnp.uint8)
+    lowered = jax.jit(steps.train_step, static_argnums=0).lower(
+        gan, steps.abstract_train_state(gan), images)
+    cost = lowered.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # a figure it cannot know is null
+    return None
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  flops = cost.get("flops") if isinstance(cost, dict) else None
+  return flops / 1e9 if isinstance(flops, (int, float)) and flops > 0 else None
 
 
 def _jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32"):
@@ -79,11 +100,11 @@ def _window_ms(run_steps, sync, steps: int) -> float:
   return (time.perf_counter() - t0) / steps * 1000
 
 
-def default_steps_per_dispatch() -> int:
-  """The training loop's default iterations per jitted call (configs/default.py)."""
+def default_config():
+  """configs/default.py's config: the training loop's defaults."""
   from dcgan_jax import configuration  # pylint: disable=g-import-not-at-top
 
-  return configuration.load_config_file(configuration.DEFAULT_CONFIG_FILE).steps_per_dispatch
+  return configuration.load_config_file(configuration.DEFAULT_CONFIG_FILE)
 
 
 def setup_jax(args):
@@ -130,7 +151,7 @@ def setup_jax(args):
     return {"impl": "jax", "device": jax.devices()[0].device_kind,
             "backend": jax.default_backend(),
             "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
-            "compute_dtype": args.compute_dtype,
+            "compute_dtype": args.compute_dtype, "deterministic": bool(args.deterministic),
             "steps_per_dispatch": max(k for _, k in plan(args.steps)),
             "compile_s": round(compile_s[lengths[0]], 2),
             "peak_memory_bytes": stats.get("peak_bytes_in_use"),
@@ -251,8 +272,14 @@ def main() -> None:
                       help="jax: iterations per jitted call, as the training loop's "
                            "steps_per_dispatch (0: configs/default.py's value); a window of "
                            "--steps iterations runs in calls of at most this many")
-  parser.add_argument("--upconv-impl", default="auto", choices=("auto", "xla", "phase", "matmul", "col2im"))
-  parser.add_argument("--downconv-impl", default="auto", choices=("auto", "xla", "matmul"))
+  parser.add_argument("--upconv-impl", default="auto", choices=UPCONV_IMPLS)
+  parser.add_argument("--downconv-impl", default="auto", choices=DOWNCONV_IMPLS)
+  parser.add_argument("--deterministic", type=int, choices=(0, 1), default=None,
+                      help="jax: XLA's deterministic GPU kernels, as config.deterministic "
+                           "(default: configs/default.py's value)")
+  parser.add_argument("--sweep", action="store_true",
+                      help="jax: every upconv x downconv form (not auto), each in its own "
+                           "process, one JSON line each: which forms win on this device")
   parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
                       help="jax: mixed precision (the torch loops stay float32, as the tutorial)")
   args = parser.parse_args()
@@ -261,39 +288,59 @@ def main() -> None:
     parser.error(f"--steps-per-dispatch {args.steps_per_dispatch} must be >= 0")
   if args.peak_tflops < 0:
     parser.error(f"--peak-tflops {args.peak_tflops} must be >= 0 (0: the known GPUs' peaks)")
-  args.steps_per_dispatch = args.steps_per_dispatch or default_steps_per_dispatch()
   impls = IMPLS if args.impl == "all" else tuple(args.impl.split(","))
   for impl in impls:
     if impl not in IMPLS:
       parser.error(f"--impl {impl!r} is not one of {', '.join(IMPLS)} or 'all'")
+  if args.sweep:
+    if args.impl not in ("all", "jax"):
+      parser.error("--sweep times dcgan-jax's forms: leave out --impl or give --impl jax")
+    _run_isolated([["--impl", "jax", "--upconv-impl", up, "--downconv-impl", down]
+                   for up in UPCONV_IMPLS[1:] for down in DOWNCONV_IMPLS[1:]],
+                  args.rounds, {"sweep": True})
+    return
   if len(impls) > 1 or args.rounds > 1:
-    _run_isolated(impls, args.rounds)
+    _run_isolated([["--impl", impl] for impl in impls], args.rounds)
     return
-  impl = impls[0]
+  defaults = default_config()
+  args.steps_per_dispatch = args.steps_per_dispatch or defaults.steps_per_dispatch
+  if args.deterministic is None:
+    args.deterministic = int(defaults.deterministic)
+  print(json.dumps(measure(args, impls[0])), flush=True)
+
+
+def measure(args, impl: str) -> dict:
+  """Times one implementation: its JSON line, or a line with 'error' (or 'skipped') saying
+  why there is no figure; never raises."""
+  head = {"impl": impl, "image_size": args.image_size, "batch_size": args.batch_size}
   if impl.startswith("torch") and importlib.util.find_spec("torch") is None:
-    print(json.dumps({"impl": impl, "skipped": "torch is not installed"}), flush=True)
-    return
+    return {**head, "skipped": "torch is not installed"}
+  if impl == "jax":  # before JAX starts its backends, as a run sets it
+    from dcgan_jax import device  # pylint: disable=g-import-not-at-top
+    device.set_deterministic(bool(args.deterministic))
   gflop = model_gflop_per_step(args)
+  xla_gflop = xla_gflop_per_step(args) if impl == "jax" else None
   try:
     run_steps, sync, info = (setup_jax(args) if impl == "jax"
-                            else setup_torch(args, impl == "torch-compile"))
+                             else setup_torch(args, impl == "torch-compile"))
+    window_ms = [_window_ms(run_steps, sync, args.steps) for _ in range(args.windows)]
+    result = info()
   except Exception as e:  # pylint: disable=broad-except  # report it as a JSON line
-    print(json.dumps({"impl": impl, "image_size": args.image_size, "batch_size": args.batch_size,
-                      "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}),
-          flush=True)
-    return
-  window_ms = [_window_ms(run_steps, sync, args.steps) for _ in range(args.windows)]
+    return {**head, "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
+            "compute_dtype": args.compute_dtype,
+            "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"}
   ms = round(statistics.median(window_ms), 2)  # the reported figures all derive from this
-  result = info()
   result.update(image_size=args.image_size, channels=args.channels,
                 batch_size=args.batch_size, ngf=args.ngf, ndf=args.ndf,
                 ms_per_step=ms, images_per_s=round(args.batch_size / ms * 1000, 1),
-                gflop_per_step=round(gflop, 2), achieved_tflops=round(gflop / ms, 3),
+                gflop_per_step=round(gflop, 2),
+                xla_gflop_per_step=None if xla_gflop is None else round(xla_gflop, 2),
+                achieved_tflops=round(gflop / ms, 3),
                 window_ms=[round(t, 2) for t in window_ms],
                 **_flop_fraction(args, result, gflop / ms),
                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
                 date=time.strftime("%Y-%m-%d"))
-  print(json.dumps(result), flush=True)
+  return result
 
 
 def _flop_fraction(args, result: dict, achieved_tflops: float) -> dict:
@@ -305,24 +352,33 @@ def _flop_fraction(args, result: dict, achieved_tflops: float) -> dict:
   return {"peak_tflops": peak, "flop_fraction": round(achieved_tflops / peak, 4)}
 
 
-def _run_isolated(impls: tuple[str, ...], rounds: int) -> None:
-  """Each implementation in its own process (their thread pools would slow each other
-  down in one), in turn, `rounds` times: adjacent runs see the same machine speed."""
+def _run_isolated(children: list[list[str]], rounds: int, extra: dict | None = None) -> None:
+  """Runs each child's flags in its own process (their thread pools would slow each other
+  down in one), in turn, `rounds` times: adjacent runs see the same machine speed. A child
+  that dies without its line (killed for memory, a crash in a library) gets an error line."""
   argv, skip = [], False
-  for arg in sys.argv[1:]:  # the same flags, one implementation and one round per child
+  for arg in sys.argv[1:]:  # the same flags, less those each child gets
     if skip:
       skip = False
-    elif arg in ("--impl", "--rounds"):
+    elif arg in ("--impl", "--rounds", "--upconv-impl", "--downconv-impl"):
       skip = True
-    elif not arg.startswith(("--impl=", "--rounds=")):
+    elif arg != "--sweep" and not arg.startswith(
+        ("--impl=", "--rounds=", "--upconv-impl=", "--downconv-impl=")):
       argv.append(arg)
   for r in range(rounds):
-    for impl in impls:
-      out = subprocess.run([sys.executable, os.path.abspath(__file__), "--impl", impl, *argv],
-                           stdout=subprocess.PIPE, text=True, check=False).stdout
-      for line in out.splitlines():
-        if line.startswith("{"):
-          print(json.dumps({**json.loads(line), "round": r}), flush=True)
+    for child in children:
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), *child, *argv],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           check=False)
+      lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+      if not lines:
+        flags = dict(zip(child[::2], child[1::2]))
+        tail = (out.stderr.strip().splitlines() or [""])[-1][:300]
+        lines = [{"impl": flags["--impl"], "upconv_impl": flags.get("--upconv-impl"),
+                  "downconv_impl": flags.get("--downconv-impl"),
+                  "error": f"exit status {out.returncode}: {tail}"}]
+      for line in lines:
+        print(json.dumps({**line, **(extra or {}), "round": r}), flush=True)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 'bfloat16': mixed precision (params, optimizer, BatchNorm statistics, images and logits
   # stay float32).
   config.compute_dtype = "float32"
+  # GPUs: XLA's deterministic kernels (XLA_FLAGS --xla_gpu_deterministic_ops, set by the run
+  # before JAX starts), so that a seed fixes the run and a resumed run equals an uninterrupted
+  # one there too; False: XLA's fastest GPU kernels, whose sums may round differently from run
+  # to run. CPUs and TPUs are deterministic either way.
+  config.deterministic = True
 
   # Optimisation: Adam for both networks, as in the paper.
   config.batch_size = 64

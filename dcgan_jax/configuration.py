@@ -19,7 +19,7 @@ ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "max_image_pixels": 120_000_000, "tensorboard": False,
                         "loss": "bce", "d_norm": "auto", "spectral_norm": False,
                         "gp_weight": 10.0, "r1_weight": 0.0, "d_steps_per_g_step": 1,
-                        "diffaugment": ""}
+                        "diffaugment": "", "deterministic": False}
 
 MAX_STEPS = 2**31 - 1  # the step counter is int32
 # Upper bounds of integer fields: what the program can honour on one machine.

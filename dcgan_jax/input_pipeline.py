@@ -104,10 +104,20 @@ def folder_source(data_dir: str, image_size: int, channels: int, jpeg_draft: boo
                 [str(p) for p in files], load, picklable=True)
 
 
+def _tfds(name: str):
+  """Imports tensorflow-datasets (only tfds sources need it); UsageError where it is missing."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UsageError(f"config.dataset='tfds:{name}' needs tensorflow-datasets, which cannot be "
+                     f"imported ({e}): pip install tensorflow-datasets, or use "
+                     "--config.dataset=imagefolder") from None
+  return tfds
+
+
 def check_tfds_name(name: str) -> None:
   """Raises UsageError unless tensorflow-datasets has a builder called `name`."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
+  tfds = _tfds(name)
   try:
     tfds.builder_cls(name)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -117,8 +127,7 @@ def check_tfds_name(name: str) -> None:
 
 def tfds_source(name: str, split: str, data_dir: str, image_size: int, channels: int) -> Source:
   """Returns the 'image' feature of a prepared tfds dataset, read with `tfds.data_source`."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
+  tfds = _tfds(name)
   check_tfds_name(name)
   try:  # download=False: never reach for the network; tfds's own error here is misleading
     source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)

@@ -145,8 +145,11 @@ def resolve_upconv_impl(impl: str, out_features: int, in_size: int,
   On XLA CPU the matmul form's gradient is 2-10x faster than XLA's transposed
   convolution for wide layers. The col2im form is faster still where the matmul form's
   windows cost most: the narrow output layer (3x) and the 4x4 input of the first
-  stride-2 layer, whose (H+1)^2 windows hold 56% more taps than needed. Other backends
-  use XLA's transposed convolution until measured otherwise.
+  stride-2 layer, whose (H+1)^2 windows hold 56% more taps than needed. On GPUs the phase
+  form: XLA's transposed convolution (and its gradient) is the slow one there, the phase
+  form's stride-1 convolution the fast one (1.7x the whole step at batch 128, 2.1x at 1024,
+  one H200, benchmarks/NOTES.md). Other backends (TPU) use XLA's transposed convolution
+  until measured otherwise.
   """
   if impl not in UPCONV_IMPLS:
     raise ValueError(f"upconv impl {impl!r} is not one of {UPCONV_IMPLS}")
@@ -155,11 +158,12 @@ def resolve_upconv_impl(impl: str, out_features: int, in_size: int,
   backend = backend or jax.default_backend()
   if backend == "cpu":
     return "matmul" if out_features >= 16 and in_size > 4 else "col2im"
-  return "xla"
+  return "phase" if backend in ("gpu", "cuda", "rocm") else "xla"
 
 
 def resolve_downconv_impl(impl: str, backend: str | None = None) -> str:
-  """'matmul' on XLA CPU (1.2-4x faster gradients), 'xla' elsewhere; explicit values win."""
+  """'matmul' on XLA CPU (1.2-4x faster gradients), 'xla' elsewhere (on one H200 the matmul
+  form made the whole step 6% slower than XLA's convolution); explicit values win."""
   if impl not in DOWNCONV_IMPLS:
     raise ValueError(f"downconv impl {impl!r} is not one of {DOWNCONV_IMPLS}")
   if impl != "auto":

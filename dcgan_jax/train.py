@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcgan_jax import (checkpoint, configuration, evaluation, images, input_pipeline, metrics,
-                       parallel, sampling, steps, summaries)
+from dcgan_jax import (checkpoint, configuration, device, evaluation, images, input_pipeline,
+                       metrics, parallel, sampling, steps, summaries)
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import RunError, UsageError
 
@@ -26,8 +26,13 @@ _train_steps_gather = jax.jit(steps.train_steps_gather, static_argnums=0, donate
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains (or resumes training) and writes metrics, samples, plots and checkpoints."""
   configuration.validate(config)
+  device.set_deterministic(config.deterministic)  # before JAX starts its backends
   workdir_lib.check_same_gan(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
+  logging.info("training on %s%s", device.describe(),
+               "" if config.deterministic else " (config.deterministic False: fastest kernels)")
+  if device.cpu_build_warning():
+    logging.warning("%s", device.cpu_build_warning())
   parallel.check_batch_size(config.batch_size, mesh)
   data = _load_images(config)
   total = configuration.total_steps(config, len(data))

@@ -192,3 +192,56 @@ def test_quality_runs_a_setting_and_tabulates_mean_and_spread(tmp_path):
   table = quality.table(lines).splitlines()
   assert table[2].startswith("| r1 | 0,1 | 4 | ") and " +/- " in table[2]
   assert table[3].startswith("| r1, G's EMA | 0,1 | 4 | ")
+
+
+def test_throughput_line_where_xla_gives_no_cost_analysis(monkeypatch, capsys):
+  """Some backends' cost_analysis() returns None (jax 0.11's GPU): the line still comes, that
+  figure null, the FLOPs counted from the architecture."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import flops  # pylint: disable=g-import-not-at-top
+
+  for broken in (lambda self: None, lambda self: [], lambda self: 1 / 0):
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", broken)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--impl", "jax", *TINY])
+    throughput.main()
+    line = json.loads(capsys.readouterr().out)
+    assert line["xla_gflop_per_step"] is None and line["ms_per_step"] > 0
+    assert line["gflop_per_step"] == round(flops.iteration_flops(32, 1, 4, 4, 100, 4) / 1e9, 2)
+    assert line["achieved_tflops"] >= 0 and "error" not in line
+
+
+def test_sweep_runs_every_form_pair_in_its_own_process_and_reports_a_dead_one(monkeypatch,
+                                                                               capsys):
+  from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+
+  children = []
+
+  def fake_run(argv, **kwargs):  # pylint: disable=unused-argument
+    children.append(argv[2:])
+    up, down = argv[argv.index("--upconv-impl") + 1], argv[argv.index("--downconv-impl") + 1]
+    if (up, down) == ("col2im", "xla"):  # killed for memory: no line, a message on stderr
+      return subprocess.CompletedProcess(argv, -9, "", "Killed\n")
+    line = {"impl": "jax", "upconv_impl": up, "downconv_impl": down, "ms_per_step": 1.0}
+    return subprocess.CompletedProcess(argv, 0, json.dumps(line) + "\n", "")
+
+  monkeypatch.setattr(subprocess, "run", fake_run)
+  monkeypatch.setattr(sys, "argv", ["throughput.py", "--sweep", "--batch-size", "8",
+                                    "--upconv-impl", "phase", "--steps", "3"])
+  throughput.main()
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  pairs = [(l["upconv_impl"], l["downconv_impl"]) for l in lines]
+  assert pairs == [(u, d) for u in ("xla", "phase", "matmul", "col2im") for d in ("xla", "matmul")]
+  assert all(l["sweep"] is True and l["round"] == 0 for l in lines)
+  assert lines[6]["error"] == "exit status -9: Killed" and "ms_per_step" not in lines[6]
+  for child in children:  # the forms are the child's own; the other flags pass through
+    assert child.count("--upconv-impl") == 1 and "--sweep" not in child
+    assert child[-4:] == ["--batch-size", "8", "--steps", "3"]
+
+
+def test_sweep_is_for_dcgan_jax_only():
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--sweep",
+                        "--impl", "torch-eager", *TINY], capture_output=True, text=True,
+                       cwd=ROOT)
+  assert out.returncode == 2 and "--sweep times dcgan-jax's forms" in out.stderr

@@ -9,8 +9,14 @@ import pytest
 from PIL import Image
 
 from configs import default
-from dcgan_jax import inception, steps, train
+from dcgan_jax import device, inception, steps, train
 from dcgan_jax.models import Discriminator, Generator
+
+
+def pytest_configure(config):  # pylint: disable=unused-argument
+  """Tests run with the default config's GPU determinism (XLA_FLAGS), set before JAX starts
+  and inherited by the subprocesses."""
+  device.set_deterministic(default.get_config().deterministic)
 
 
 def tiny_gan(label_smoothing: float = 0.0) -> steps.GAN:

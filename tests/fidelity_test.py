@@ -4,6 +4,7 @@ float32 G's and D's running statistics follow PyTorch's (benchmarks/drift.py run
 
 import json
 
+import jax
 import pytest
 
 from benchmarks import drift
@@ -11,6 +12,15 @@ from benchmarks import drift
 pytestmark = pytest.mark.slow  # compiles the networks and runs both libraries
 
 torch = pytest.importorskip("torch")  # installed in CI (.ci/run)
+
+
+@pytest.fixture(autouse=True)
+def _full_float32():
+  """PyTorch's CPU float32 is the reference: dcgan-jax's float32 runs at full float32 precision
+  on every backend (XLA runs float32 convolutions as TF32 on GPUs by default; on CPUs
+  'highest' is what runs anyway)."""
+  with jax.default_matmul_precision("highest"):
+    yield
 
 # size, channels, batch, ngf = ndf, seed: the two settings of benchmarks/NOTES.md's drift table.
 _SETTINGS = [(64, 3, 16, 16, 1), (32, 1, 32, 8, 1)]

@@ -1,11 +1,11 @@
 """Sources, the cached load, errors, the seeded batch order and prefetching."""
 
 import struct
+import sys
 import zlib
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
@@ -129,6 +129,7 @@ def test_image_folder_errors_name_the_path(tmp_path, setup, message):
 @pytest.mark.parametrize("name,size,channels", [("mnist", 32, 1), ("celeb_a", 64, 3),
                                                 ("cifar10", 32, 3)])
 def test_tfds_sources_with_mock_data(name, size, channels):
+  tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=6):
     images = _decode_all(input_pipeline.tfds_source(name, "train", "", size, channels))
   assert images.shape == (6, size, size, channels) and images.dtype == np.uint8
@@ -139,10 +140,20 @@ def test_tfds_through_the_cache(tmp_path):
   config = default.get_config()
   config.dataset, config.cache_dir, config.batch_size = "tfds:celeb_a", str(tmp_path), 4
   config.image_size, config.channels = 64, 3
+  tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=5):
     images = input_pipeline.load_images(config)
   assert images.shape == (5, 64, 64, 3)
   assert [p.name.startswith("tfds-celeb_a-train-64x64x3") for p in tmp_path.glob("*.npy")] == [True]
+
+
+def test_tfds_missing_is_one_line(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+  for call in (lambda: input_pipeline.check_tfds_name("mnist"),
+               lambda: input_pipeline.tfds_source("mnist", "train", "", 32, 1)):
+    with pytest.raises(UsageError, match=r"^config.dataset='tfds:mnist' needs "
+                                         r"tensorflow-datasets.*imagefolder$"):
+      call()
 
 
 def test_tfds_unknown_name():

@@ -8,7 +8,6 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import celeba
@@ -123,6 +122,7 @@ def test_celeba_config_trains_on_a_folder_of_images(tmp_path):
 def test_celeba_config_trains_on_tfds_celeb_a(tmp_path):
   config = _celeba_smoke_config()
   config.ngf = config.ndf = 8
+  tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=8):
     state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2

@@ -1,0 +1,132 @@
+"""benchmarks/gpu_report.py: its stages on tiny models (a smoke test on the CPU), the budget that
+stops a stage and its whole process group, and what it reads from the stages' outputs."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks import gpu_report
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # runs the benchmarks, main.py and pytest in subprocesses
+def test_tiny_report_runs_every_stage_it_is_given_to_its_lines_and_table(tmp_path):
+  out = tmp_path / "report.jsonl"
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"), "--tiny", "--out", str(out),
+       "--stages", "throughput,default,tests",
+       "--pytest-args", "tests/flops_test.py::test_iteration_flops_add_up_the_passes"],
+      capture_output=True, text=True, cwd=tmp_path, timeout=900)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  assert lines[0]["stage"] == "machine" and lines[0]["backend"] == "cpu"
+  throughput = [l for l in lines if l["stage"] == "throughput"]
+  torch = ("torch-eager",) if "torch" in lines[0]["versions"] else ()
+  assert [(l["setting"], l["impl"]) for l in throughput] == [
+      ("batch 4, float32", "jax"), *[("batch 4, float32", t) for t in torch],
+      ("batch 8, float32", "jax"), *[("batch 8, float32", t) for t in torch],
+      ("batch 4, bfloat16", "jax"), ("batch 8, bfloat16", "jax"),
+      ("batch 8, float32, deterministic off", "jax")]
+  assert all(l["ms_per_step"] > 0 and "error" not in l for l in throughput)
+  assert [l["deterministic"] for l in throughput if l["impl"] == "jax"] == [True] * 4 + [False]
+  [default] = [l for l in lines if l["stage"] == "default"]
+  assert default["steps"] == 4 and default["wall_s"] > 0
+  for who in ("g", "ema"):  # evaluated at steps 2 and 4
+    assert default[who]["best_step"] in (2, 4)
+    assert default[who]["best_fid"] <= default[who]["final_fid"]
+  [tests] = [l for l in lines if l["stage"] == "tests"]
+  assert tests["passed"] == 1 and tests["failures"] == [] and "1 passed" in tests["summary"]
+  table = result.stdout.strip().splitlines()
+  assert table[0] == "| stage | what | result |" and len(table) == 2 + len(lines)
+  assert table[-1].startswith("| tests | pytest -m 'not slow' | 1 passed, 0 failed")
+
+
+def test_a_command_past_its_time_is_stopped_with_its_children():
+  code = ("import subprocess, sys, time\n"
+          "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+          "print(child.pid, flush=True)\n"
+          "time.sleep(60)\n")
+  assert _running(os.getpid())
+  t0 = time.monotonic()
+  status, out, _ = gpu_report.run([sys.executable, "-c", code], 3, dict(os.environ))
+  assert status is None and time.monotonic() - t0 < 30
+  grandchild = int(out.split()[0])
+  time.sleep(0.5)
+  assert not _running(grandchild)  # the whole group went: nothing holds the device
+
+
+def _running(pid: int) -> bool:
+  """Whether pid runs (a killed process nobody has reaped yet is a zombie: not running)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+def test_stage_lines_say_why_a_command_gave_no_figure(tmp_path):
+  stage = gpu_report.Stage("epoch", "x", [sys.executable, "-c",
+                                          "import sys; print('oops', file=sys.stderr); sys.exit(3)"],
+                           10)
+  gpu_report.run_stage(stage, 10, dict(os.environ))
+  assert stage.lines == [{"stage": "epoch", "setting": "x", "error": "exit status 3: oops"}]
+  stage = gpu_report.Stage("sweep", "y", [sys.executable, "-c",
+                                          "import time; print('{\"a\": 1}', flush=True); "
+                                          "time.sleep(60)"], 2)
+  gpu_report.run_stage(stage, 2, dict(os.environ))
+  assert stage.lines[0] == {"stage": "sweep", "setting": "y", "a": 1}  # what came before
+  assert stage.lines[1]["error"].startswith("stopped after")
+
+
+def test_budget_spent_skips_the_later_stages(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(gpu_report, "machine_line", lambda env: {"stage": "machine", "error": "-"})
+  calls = []
+
+  def slow_stage(stage, timeout_s, env):  # pylint: disable=unused-argument
+    calls.append((stage.name, timeout_s))
+    time.sleep(1.2)
+    stage.lines = [{"stage": stage.name, "setting": stage.setting, "error": "slow"}]
+
+  monkeypatch.setattr(gpu_report, "run_stage", slow_stage)
+  out = tmp_path / "r.jsonl"
+  assert gpu_report.main(["--out", str(out), "--budget-s", "6", "--stages", "epoch,tests"]) == 0
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [l["stage"] for l in lines] == ["machine", "epoch", "tests"]
+  assert calls[0][0] == "epoch" and calls[0][1] <= 6
+  assert lines[2]["skipped"].startswith("the report's budget ran out")
+  assert "| tests | pytest -m 'not slow' | the report's budget ran out" in capsys.readouterr().out
+
+
+def test_missing_packages_are_named_with_their_install_command(monkeypatch, capsys):
+  monkeypatch.setitem(gpu_report.NEEDED, "no_such_module_xyz", "no-such-package")
+  with pytest.raises(SystemExit) as e:
+    gpu_report.main(["--out", os.devnull])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "lacks no-such-package: pip install no-such-package" in err
+
+
+def test_test_lines_count_outcomes_also_of_a_stopped_run():
+  stdout = ("tests/a_test.py::test_x PASSED                    [ 10%]\n"
+            "tests/a_test.py::test_y[1-2] FAILED              [ 20%]\n"
+            "tests/b_test.py::test_z SKIPPED (no torch)       [ 30%]\n")
+  line = gpu_report.test_run_line(stdout)
+  assert line == {"passed": 1, "failed": 1, "skipped": 1,
+                  "failures": ["tests/a_test.py::test_y[1-2]"], "summary": None}
+  done = gpu_report.test_run_line(stdout + "==== 1 failed, 1 passed, 1 skipped in 3.2s ====\n")
+  assert done["summary"] == "1 failed, 1 passed, 1 skipped in 3.2s"
+
+
+def test_default_line_reads_final_and_best_fids(tmp_path):
+  (tmp_path / "metrics.csv").write_text(
+      "step,loss_d,classifier_fid,ema_classifier_fid\n"
+      "50,1.0,,\n100,1.0,30.5,40.0\n150,1.0,,\n200,1.0,35.0,20.0\n")
+  assert gpu_report.default_run_line(str(tmp_path)) == {
+      "steps": 200, "g": {"final_fid": 35.0, "best_fid": 30.5, "best_step": 100},
+      "ema": {"final_fid": 20.0, "best_fid": 20.0, "best_step": 200}}
