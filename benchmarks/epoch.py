@@ -59,10 +59,9 @@ def loop_rate(rows: list[dict]) -> float:
 
 
 def make_config(args):
-  from dcgan_jax import configuration  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import configs, configuration  # pylint: disable=g-import-not-at-top
 
-  config = configuration.load_config_file(  # configs/celeba.py, beside configs/default.py
-      os.path.join(os.path.dirname(configuration.DEFAULT_CONFIG_FILE), "celeba.py"))
+  config = configuration.load_config_file(configs.preset_path("celeba"))
   # The synthetic images replace the data source (main() patches load_images); a folder
   # source keeps validation from reaching for tensorflow-datasets, which the preset's
   # tfds:celeb_a would import.

@@ -1,13 +1,3 @@
-"""Any folder of images (searched recursively) with the CelebA preset's 64x64 RGB settings.
+"""`--config configs/imagefolder.py` from a clone: the preset dcgan_jax/configs/imagefolder.py (`--config imagefolder`)."""
 
-Set --config.data_dir to the folder.
-"""
-
-from configs import celeba
-
-
-def get_config():
-  config = celeba.get_config()
-  config.dataset = "imagefolder"
-  config.data_dir = ""  # required: the folder of images
-  return config
+from dcgan_jax.configs.imagefolder import get_config  # noqa: F401

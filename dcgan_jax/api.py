@@ -7,27 +7,23 @@
   images = run.generate(16, seed=3)               # uint8 (16, 32, 32, 1)
 """
 
-import os
-
 import ml_collections
 import numpy as np
 
-from dcgan_jax import (configuration, eval_run, evaluation, input_pipeline, sampling, steps,
-                       train)
+from dcgan_jax import (configs, configuration, eval_run, evaluation, input_pipeline, sampling,
+                       steps, train)
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
-PRESETS = ("default", "celeba", "mnist", "cifar10", "imagefolder")
-
+PRESETS = configs.PRESETS
 
 def get_config(preset: str = "default", **overrides) -> ml_collections.ConfigDict:
-  """Returns a preset's config (configs/<preset>.py) with fields overridden, checked as
-  main.py checks its flags: an unknown field, a wrong type or a value out of range raises
+  """Returns a preset's config (dcgan_jax/configs/<preset>.py) with fields overridden, checked
+  as main.py checks its flags: an unknown field, a wrong type or a value out of range raises
   UsageError naming it."""
-  if preset not in PRESETS:
-    raise UsageError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
-  path = os.path.join(os.path.dirname(configuration.DEFAULT_CONFIG_FILE), f"{preset}.py")
-  config = configuration.load_config_file(path)
+  if preset not in configs.PRESETS:
+    raise UsageError(f"preset {preset!r} is not one of {', '.join(configs.PRESETS)}")
+  config = configuration.load_config_file(configs.preset_path(preset))
   for field, value in overrides.items():  # an unknown field is refused by validate
     try:
       config[field] = value

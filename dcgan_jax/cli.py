@@ -3,7 +3,7 @@
 Trains DCGAN, or samples from a trained one.
 
   python main.py                                   # the embedded default (MNIST digits)
-  python main.py --config configs/celeba.py --workdir runs/celeba
+  python main.py --config configs/celeba.py --workdir runs/celeba   # or --config celeba
   python main.py --mode sample --workdir runs/celeba --num_images 16 --interpolation_frames 16
   python main.py --mode eval --workdir runs/celeba
   python main.py --mode serve --workdir runs/celeba --port 8000
@@ -19,19 +19,18 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dcgan_jax import configs
 from dcgan_jax.errors import RunError, UsageError
 
 FLAGS = flags.FLAGS
-# configs/default.py beside the package (a clone, installed with pip install -e .)
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "default.py")
 
 
 def define_flags() -> None:
   before = set(FLAGS)
   config_flags.DEFINE_config_file(
-      "config", _DEFAULT_CONFIG,
-      "Training config file; fields are overridden with --config.<field>=<value>.",
+      "config", configs.preset_path("default"),
+      "Training config: a preset's name (" + ", ".join(configs.PRESETS) + ") or a config "
+      "file; fields are overridden with --config.<field>=<value>.",
       lock_config=True)
   flags.DEFINE_string("workdir", "workdir", "Where checkpoints, metrics and samples go.")
   flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "serve"],
@@ -155,9 +154,24 @@ def main(argv: list[str]) -> None:
     _exit_with(str(e), status=1)
 
 
+def presets_as_paths(argv: list[str]) -> list[str]:
+  """argv with a preset's name after --config (`--config celeba`, `--config=celeba`) replaced by
+  the preset's file in the package; a file of that name in the working folder wins."""
+  out = list(argv)
+  for i, arg in enumerate(out[:-1]):
+    if arg == "--config" and out[i + 1] in configs.PRESETS and not os.path.exists(out[i + 1]):
+      out[i + 1] = configs.preset_path(out[i + 1])
+  for i, arg in enumerate(out):
+    name = arg.removeprefix("--config=")
+    if name != arg and name in configs.PRESETS and not os.path.exists(name):
+      out[i] = f"--config={configs.preset_path(name)}"
+  return out
+
+
 def run() -> None:
   """Runs the command line: `python main.py` and the `dcgan-jax` command."""
   sys.modules["__main__"].__doc__ = __doc__  # the usage that --help prints
+  sys.argv = presets_as_paths(sys.argv)
   try:
     define_flags()  # ml_collections reads --config.<field> overrides from sys.argv here
   except Exception as err:  # pylint: disable=broad-except

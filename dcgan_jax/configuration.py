@@ -5,7 +5,7 @@ import importlib.util
 import math
 import os
 
-from dcgan_jax import augment, losses, ops, steps
+from dcgan_jax import augment, configs, losses, ops, steps
 from dcgan_jax.errors import UsageError
 from dcgan_jax.models import D_NORMS, SUPPORTED_IMAGE_SIZES
 
@@ -33,8 +33,7 @@ INT_BOUNDS = {"batch_size": 65_536, "nz": 1_024, "ngf": 512, "ndf": 512,
               "d_steps_per_g_step": steps.MAX_D_STEPS}
 
 
-DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                   "configs", "default.py")
+DEFAULT_CONFIG_FILE = configs.preset_path("default")
 
 
 def load_config_file(path: str = DEFAULT_CONFIG_FILE):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import dcgan_jax
-from dcgan_jax import sampling
+from dcgan_jax import configuration, sampling
 from dcgan_jax.errors import UsageError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -21,7 +21,11 @@ def test_presets_load_and_take_overrides(tmp_path):
   assert (config.num_train_steps, config.batch_size, config.image_size) == (5, 16, 32)
   assert dcgan_jax.get_config("celeba").image_size == 64
   assert dcgan_jax.get_config("imagefolder", data_dir=str(tmp_path)).data_dir == str(tmp_path)
-  assert set(dcgan_jax.PRESETS) == {p.stem for p in (ROOT / "configs").glob("*.py")} - {"__init__"}
+  in_package = {p.stem for p in (ROOT / "dcgan_jax" / "configs").glob("*.py")} - {"__init__"}
+  assert set(dcgan_jax.PRESETS) == in_package == {p.stem for p in (ROOT / "configs").glob("*.py")}
+  for name in dcgan_jax.PRESETS:  # a clone's configs/NAME.py is the package's preset
+    from_clone = configuration.load_config_file(str(ROOT / "configs" / f"{name}.py"))
+    assert from_clone.to_dict() == dcgan_jax.get_config(name).to_dict(), name
 
 
 @pytest.mark.parametrize("preset,overrides,message", [

@@ -13,7 +13,7 @@ import sys
 import ml_collections
 import pytest
 
-from configs import default
+from dcgan_jax.configs import default
 from dcgan_jax import configuration, sampling, serve, train
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import RunError, UsageError

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from configs import default
+from dcgan_jax.configs import default
 
 pytestmark = pytest.mark.slow  # every benchmark runs in a subprocess
 

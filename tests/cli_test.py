@@ -2,10 +2,14 @@
 dcgan-jax-convert."""
 
 import pathlib
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
+
+from dcgan_jax import cli, configs
 
 pytestmark = pytest.mark.slow  # runs the commands
 
@@ -31,11 +35,26 @@ def test_dcgan_jax_has_main_pys_flags_from_any_folder(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_a_preset_loads_from_any_folder(tmp_path):
-  preset = pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
-  result = _command("dcgan-jax", f"--config={preset}", "--config.ngf=0",
+@pytest.mark.parametrize("how", ["--config=mnist", "--config mnist", "--config=CLONE",
+                                 "--config=PACKAGE"])
+def test_a_preset_loads_from_any_folder_by_name_or_path(tmp_path, how):
+  clone = pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
+  how = how.replace("CLONE", str(clone)).replace("PACKAGE", configs.preset_path("mnist"))
+  result = _command("dcgan-jax", *how.split(), "--config.ngf=0",
                     f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
   assert result.returncode == 2 and "config.ngf=0 must be positive" in result.stderr
+
+
+def test_preset_names_become_the_package_files_unless_a_file_has_that_name(tmp_path,
+                                                                          monkeypatch):
+  path = configs.preset_path("celeba")
+  assert cli.presets_as_paths(["m", "--config", "celeba", "--config=mnist", "--config.seed=1"]
+                              ) == ["m", "--config", path, f"--config={configs.preset_path('mnist')}",
+                                    "--config.seed=1"]
+  assert cli.presets_as_paths(["m", "--config"]) == ["m", "--config"]
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "celeba").write_text("")  # a file in the working folder is what was meant
+  assert cli.presets_as_paths(["m", "--config=celeba"]) == ["m", "--config=celeba"]
 
 
 def test_dcgan_jax_convert(tmp_path):
@@ -44,3 +63,19 @@ def test_dcgan_jax_convert(tmp_path):
   result = _command("dcgan-jax-convert", "import", f"--netG={tmp_path / 'none.pth'}",
                     f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
   assert result.returncode == 2 and result.stderr.startswith("error: --netG=")
+
+
+def test_the_wheel_installs_the_presets_inside_the_package_and_nothing_beside_it(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  src = tmp_path / "src"  # a copy: building writes build/ and egg-info beside the sources
+  shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", "*.egg-info", "build",
+                                                           "__pycache__", "tests", "docs"))
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "-q", "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True,
+                 timeout=300)
+  [wheel] = (tmp_path / "dist").glob("dcgan_jax-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  assert {n.split("/")[0] for n in names} == {"dcgan_jax", wheel.name.split("-py")[0] +
+                                              ".dist-info"}  # no top-level configs
+  for preset in configs.PRESETS:
+    assert f"dcgan_jax/configs/{preset}.py" in names, preset

@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import celeba, cifar10, default, imagefolder, mnist
+from dcgan_jax.configs import celeba, cifar10, default, imagefolder, mnist
 from dcgan_jax import configuration
 from dcgan_jax.errors import UsageError
 

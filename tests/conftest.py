@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
+from dcgan_jax.configs import default
 from dcgan_jax import device, inception, steps, train
 from dcgan_jax.models import Discriminator, Generator
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
+from dcgan_jax.configs import default
 from dcgan_jax import checkpoint, classifier, evaluation, input_pipeline, metrics, steps, train
 from conftest import random_inception_state_dict, tiny_config
 

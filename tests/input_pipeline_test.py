@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
+from dcgan_jax.configs import default
 from dcgan_jax import input_pipeline
 from dcgan_jax.errors import UsageError
 from conftest import make_image_folder

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from configs import default
+from dcgan_jax.configs import default
 from conftest import make_image_folder
 
 pytestmark = pytest.mark.slow  # runs the program in subprocesses
@@ -77,7 +77,7 @@ def test_unwritable_workdir(tmp_path):
 def test_train_then_sample_from_the_command_line(tmp_path):
   make_image_folder(tmp_path / "images", count=8, size=(40, 48))
   workdir = tmp_path / "run"
-  result = run_main(f"--workdir={workdir}", "--config", str(ROOT / "configs" / "imagefolder.py"),
+  result = run_main(f"--workdir={workdir}", "--config", "imagefolder",  # a preset's name
                     f"--config.data_dir={tmp_path / 'images'}", "--config.image_size=32",
                     "--config.ngf=8", "--config.ndf=8", "--config.batch_size=4",
                     "--config.num_train_steps=2", "--config.num_sample_images=4",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import celeba
+from dcgan_jax.configs import celeba
 from dcgan_jax import metrics, train
 from conftest import make_image_folder, tiny_config, trees_close
 
