@@ -4,12 +4,22 @@ It measures generated digits offline: its penultimate features give "classifier 
 (fid.py) and its predictions the class histogram of samples (all ten classes present = no
 mode collapse). Trained by the project, deterministically from a seed, on 400 digits per
 class; the last 100 digits of each class are held out for its accuracy.
+
+The classifier of seed 0, the one evaluation uses, ships inside the package (data/), made by
+
+  python -m dcgan_jax.classifier build        # about a minute on 2 CPU cores
+
+so that runs load it at once; another seed, or a shipped file that fails its check, is
+trained on first use and cached.
 """
 
+import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import pathlib
+import sys
 import time
 
 import flax.linen as nn
@@ -134,34 +144,110 @@ def train(split: Split, seed: int = 0, epochs: int = 12, batch_size: int = 100,
   return model, params, float(np.mean(predicted == split.held_out_labels))
 
 
+SHIPPED_SEED = 0
+SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "data"
+
+
+class _Unreadable(Exception):
+  """A classifier file that cannot be used; the message says why."""
+
+
+def _paths(folder: str | pathlib.Path, seed: int) -> tuple[pathlib.Path, pathlib.Path]:
+  """The weights (.msgpack) and their description (.json) of a seed's classifier in folder."""
+  path = pathlib.Path(folder) / f"digit_classifier_v{VERSION}_seed{seed}.msgpack"
+  return path, path.with_suffix(".json")
+
+
+def _template(model: DigitClassifier) -> dict:
+  return model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))["params"]
+
+
+def _read(folder: str | pathlib.Path, seed: int, model: DigitClassifier) -> tuple[dict, float]:
+  """Reads a classifier's params and held-out accuracy; raises _Unreadable (a file missing, its
+  bytes not the SHA-256 its description names, msgpack, JSON, keys or shapes wrong)."""
+  path, meta_path = _paths(folder, seed)
+  try:
+    data = path.read_bytes()
+    meta = json.loads(meta_path.read_text())
+    if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+      raise ValueError(f"its SHA-256 is not {meta['sha256'][:16]}...")
+    template = _template(model)
+    params = flax.serialization.from_bytes(template, data)
+    accuracy = float(meta["held_out_accuracy"])
+    if [np.shape(p) for p in jax.tree.leaves(params)] != [
+        t.shape for t in jax.tree.leaves(template)]:
+      raise ValueError("parameter shapes differ")
+  except Exception as e:  # a missing file, msgpack, json, key and shape errors alike  # noqa: BLE001
+    raise _Unreadable(f"{type(e).__name__}: {e}"[:200]) from e
+  return params, accuracy
+
+
+def _write(folder: str | pathlib.Path, seed: int, params: dict, accuracy: float) -> pathlib.Path:
+  """Writes a classifier's weights and description (accuracy, seed, SHA-256 of the weights),
+  each renamed into place only when complete; returns the weights' path."""
+  path, meta_path = _paths(folder, seed)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  data = flax.serialization.to_bytes(params)
+  meta = {"held_out_accuracy": accuracy, "seed": seed, "version": VERSION,
+          "sha256": hashlib.sha256(data).hexdigest(),
+          "made_with": {"jax": jax.__version__, "flax": flax.__version__}}
+  for target, content in ((path, data), (meta_path, (json.dumps(meta, indent=1) + "\n").encode())):
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(content)
+    tmp.replace(target)
+  return path
+
+
+def identity(params: dict) -> str:
+  """A short digest of the weights: what the classifier's features depend on."""
+  return hashlib.sha256(flax.serialization.to_bytes(params)).hexdigest()[:16]
+
+
 def load_or_train(cache_dir: str | pathlib.Path, seed: int = 0
                   ) -> tuple[DigitClassifier, dict, float]:
-  """Returns the classifier from cache_dir, trained and stored there on first use."""
-  path = pathlib.Path(cache_dir) / f"digit_classifier_v{VERSION}_seed{seed}.msgpack"
-  meta_path = path.with_suffix(".json")
+  """Returns the classifier of a seed: the one shipped in the package (seed 0), else the one
+  in cache_dir, else one trained now and stored there (saying so)."""
   model = DigitClassifier()
-  if path.exists() and meta_path.exists():
-    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))
+  if seed == SHIPPED_SEED:
     try:
-      params = flax.serialization.from_bytes(template["params"], path.read_bytes())
-      accuracy = float(json.loads(meta_path.read_text())["held_out_accuracy"])
-      shapes = [np.shape(p) for p in jax.tree.leaves(params)]
-      if shapes != [t.shape for t in jax.tree.leaves(template["params"])]:
-        raise ValueError("parameter shapes differ")
-    except Exception as e:  # msgpack, json, key and shape errors alike  # noqa: BLE001
-      raise UsageError(f"{path}: the cached digit classifier cannot be read ({type(e).__name__}); "
-                       "delete it and its .json to train it again") from e
-    return model, params, accuracy
+      return (model, *_read(SHIPPED_DIR, seed, model))
+    except _Unreadable as e:
+      logging.warning("the digit classifier shipped with dcgan-jax, %s, cannot be used (%s); "
+                      "training one instead", _paths(SHIPPED_DIR, seed)[0], e)
+  path = _paths(cache_dir, seed)[0]
+  if path.exists() and path.with_suffix(".json").exists():
+    try:
+      return (model, *_read(cache_dir, seed, model))
+    except _Unreadable as e:
+      raise UsageError(f"{path}: the cached digit classifier cannot be read ({e}); delete it "
+                       "and its .json to train it again") from None
   logging.info("training the digit classifier that measures image quality (once; about a "
                "minute on 2 CPU cores), cached as %s", path)
   t0 = time.perf_counter()
   model, params, accuracy = train(embedded_split(), seed)
   logging.info("digit classifier trained in %.0f s", time.perf_counter() - t0)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_bytes(flax.serialization.to_bytes(params))
-  tmp.replace(path)
-  tmp = meta_path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps({"held_out_accuracy": accuracy, "seed": seed}))
-  tmp.replace(meta_path)
+  _write(cache_dir, seed, params, accuracy)
   return model, params, accuracy
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`python -m dcgan_jax.classifier build`: trains the classifier that ships in the package."""
+  parser = argparse.ArgumentParser(prog="python -m dcgan_jax.classifier",
+                                   description="Builds the digit classifier shipped in the "
+                                               "package (seed 0, deterministic).")
+  parser.add_argument("command", choices=["build"])
+  parser.add_argument("--out", default=str(SHIPPED_DIR),
+                      help="the folder to write it to (default: the package's data folder)")
+  parser.add_argument("--seed", type=int, default=SHIPPED_SEED)
+  args = parser.parse_args(argv)
+  if not 0 <= args.seed < 2**32:
+    parser.error(f"--seed {args.seed} must be in [0, 2**32)")
+  t0 = time.perf_counter()
+  _, params, accuracy = train(embedded_split(), args.seed)
+  path = _write(args.out, args.seed, params, accuracy)
+  print(f"{path}: held-out accuracy {accuracy:.4f}, trained in "
+        f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()

@@ -12,3 +12,7 @@ class RunError(RuntimeError):
   """A run that cannot go on (training diverged, no readable checkpoint); one line naming
   the step or the folder. `main.py` prints it and exits with status 1; what the run wrote
   before stays as it was."""
+
+
+class DivergedError(RunError):
+  """Training met a value that is not finite; nothing of it was saved."""

@@ -55,7 +55,7 @@ def classifier_extractor(cache_dir: str, seed: int = 0) -> Extractor:
     return features, classes
 
   return Extractor("classifier", "classifier_",
-                   f"classifier-v{classifier.VERSION}-seed{seed}", extract)
+                   f"classifier-v{classifier.VERSION}-{classifier.identity(params)}", extract)
 
 
 @functools.partial(jax.jit, static_argnums=1)

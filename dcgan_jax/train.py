@@ -14,9 +14,9 @@ import numpy as np
 from absl import logging
 
 from dcgan_jax import (checkpoint, configuration, device, evaluation, images, input_pipeline,
-                       metrics, parallel, sampling, steps, summaries)
+                       metrics, parallel, run_summary, sampling, steps, summaries)
 from dcgan_jax import workdir as workdir_lib
-from dcgan_jax.errors import RunError, UsageError
+from dcgan_jax.errors import DivergedError, UsageError
 
 # K iterations per dispatch (lax.scan); the state's buffers are reused in place.
 _train_steps = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
@@ -43,6 +43,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     evaluator = evaluation.DuringTraining(config, data, gan, workdir)
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(workdir),
                                  max_to_keep=config.max_checkpoints_to_keep or None)
+  t0 = time.perf_counter()
   try:  # closing waits for a checkpoint still being written, also on errors and Ctrl-C
     restored = ckpt.latest_step() is not None
     state, extra = checkpoint.restore_or_init(ckpt, gan, config.seed, parallel.replicated(mesh))
@@ -56,7 +57,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     if start >= total:
       logging.info("nothing to train: the checkpoint is at step %d >= %d", start, total)
       return state
-    state = _train(config, workdir, gan, state, data, total, ckpt, evaluator, mesh, extra)
+    state, ended = _train(config, workdir, gan, state, data, total, ckpt, evaluator, mesh,
+                          extra)
+  except DivergedError:  # say what the workdir holds, then the error
+    if parallel.is_primary():
+      _log_summary(workdir, "diverged (nothing after the latest checkpoint was kept)", start,
+                   ckpt.latest_step() or start, total, time.perf_counter() - t0, evaluator)
+    raise
   finally:
     ckpt.close()
     if evaluator is not None:
@@ -67,16 +74,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     if evaluator is not None:
       metrics.plot_eval(csv_path, os.path.join(workdir, "quality.png"), evaluator.metric,
                         evaluator.floor)
+    _log_summary(workdir, ended, start, int(state.step), total, time.perf_counter() - t0,
+                 evaluator)
   return state
+
+
+def _log_summary(workdir: str, ended: str, start: int, done: int, total: int, seconds: float,
+                 evaluator: "evaluation.DuringTraining | None") -> None:
+  """Logs run_summary.summary: how the run ended, its quality, files and next commands."""
+  logging.info("%s", run_summary.summary(workdir, ended, start, done, total, seconds,
+                                         evaluator.metric if evaluator is not None else None))
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
            state: steps.TrainState, data: np.ndarray, total: int,
            ckpt: checkpoint.Checkpointer, evaluator: "evaluation.DuringTraining | None",
-           mesh: jax.sharding.Mesh, extra: dict) -> steps.TrainState:
-  """Trains from state.step to total. After each dispatch, in this order: the finite check
-  (before anything of the state is written), evaluation, the metrics row, the sample grid,
-  the checkpoint, and the stop request (SIGTERM or SIGINT: a checkpoint, then stop)."""
+           mesh: jax.sharding.Mesh, extra: dict) -> tuple[steps.TrainState, str]:
+  """Trains from state.step to total; returns the state and how it ended ('finished' or
+  'stopped by SIGTERM', ...). After each dispatch, in this order: the finite check (before
+  anything of the state is written), evaluation, the metrics row, the sample grid, the
+  checkpoint, and the stop request (SIGTERM or SIGINT: a checkpoint, then stop)."""
   start = done = int(state.step)
   rows = _Rows(config, workdir, start, total, len(data),
                evaluator.columns if evaluator is not None else [], extra.get("pending", {}),
@@ -89,6 +106,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
 
   def due(every: int) -> bool:
     return every > 0 and (done % every == 0 or done == total)
+
+  ended = "finished"
 
   def save() -> None:
     ckpt.save(state, extra={"pending": rows.pending_per_step(), "num_images": len(data)})
@@ -118,16 +137,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
         if done < total and stop.requested(done, config.log_every_steps):
           rows.check_finite(done, state, ckpt)
           save()
-          logging.info("stopped by %s after step %d; its checkpoint is in %s: run the same "
-                       "command to resume", stop.signal_name or "a signal to another process",
-                       done, ckpt.directory)
+          ended = f"stopped by {stop.signal_name or 'a signal to another process'}"
+          logging.info("%s after step %d; its checkpoint is in %s: run the same command to "
+                       "resume", ended, done, ckpt.directory)
           break
   finally:
     prefetcher.close()
     rows.close()
     if board is not None:
       board.close()
-  return state
+  return state, ended
 
 
 def _open_board(config: ml_collections.ConfigDict, workdir: str, start: int
@@ -214,7 +233,7 @@ class _Rows:
 
   def check_finite(self, done: int, state: steps.TrainState,
                    ckpt: checkpoint.Checkpointer) -> None:
-    """Raises RunError naming the first step whose metrics, or the state, are not finite."""
+    """Raises DivergedError naming the first step whose metrics, or the state, are not finite."""
     if self.pending:
       values = _per_step(self.pending)
       n = len(next(iter(values.values())))
@@ -252,7 +271,7 @@ def _diverged(ckpt: checkpoint.Checkpointer, step: int, what: str) -> None:
   latest = ckpt.latest_step()
   kept = (f"the last good checkpoint, step {latest}, is kept in {ckpt.directory}"
           if latest is not None else "no checkpoint was written yet")
-  raise RunError(f"training diverged at step {step}: {what}; nothing of it was saved and "
+  raise DivergedError(f"training diverged at step {step}: {what}; nothing of it was saved and "
                  f"{kept} (lower the learning rates or set config.label_smoothing)")
 
 

@@ -79,3 +79,5 @@ def test_the_wheel_installs_the_presets_inside_the_package_and_nothing_beside_it
                                               ".dist-info"}  # no top-level configs
   for preset in configs.PRESETS:
     assert f"dcgan_jax/configs/{preset}.py" in names, preset
+  for suffix in ("msgpack", "json"):  # the digit classifier ships with the package
+    assert f"dcgan_jax/data/digit_classifier_v1_seed0.{suffix}" in names

@@ -134,6 +134,8 @@ def test_sigterm_stops_with_a_checkpoint_then_resumes_exactly(uninterrupted, tmp
   stopped = [line for line in err.splitlines() if "stopped by SIGTERM after step" in line]
   assert len(stopped) == 1, err[-2000:]
   step = int(stopped[0].split("after step ")[1].split(";")[0])
+  assert f"run stopped by SIGTERM: step {step} of 100,000 (" in err  # the summary
+  assert f"--workdir {workdir}   (the same command as this run's resumes it)" in err
   assert step >= 6 and str(step) in os.listdir(workdir / "checkpoints")
   if step < 400:  # resume to the uninterrupted run's end: the same rows and state
     subprocess.run(_main(workdir, *_RUN), check=True, capture_output=True, timeout=300)
@@ -152,6 +154,8 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: training diverged at step 2: ") and "is nan" in last
   assert "the last good checkpoint, step 1, is kept in" in last
+  assert "run diverged (nothing after the latest checkpoint was kept): step 1 of " in \
+      result.stderr  # the summary, before the error
   assert os.listdir(workdir / "checkpoints") == ["1"]
   config = tiny_config(40)
   gan = steps.gan_from_config(config)
