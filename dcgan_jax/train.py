@@ -29,14 +29,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   device.set_deterministic(config.deterministic)  # before JAX starts its backends
   workdir_lib.check_same_gan(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
-  logging.info("training on %s%s", device.describe(),
-               "" if config.deterministic else " (config.deterministic False: fastest kernels)")
-  if device.cpu_build_warning():
-    logging.warning("%s", device.cpu_build_warning())
   parallel.check_batch_size(config.batch_size, mesh)
   data = _load_images(config)
   total = configuration.total_steps(config, len(data))
   workdir_lib.check_writable(workdir)  # the first write, once every check has passed
+  logging.info("training on %s%s", device.describe(),  # bad input is one line: said after it
+               "" if config.deterministic else " (config.deterministic False: fastest kernels)")
+  if device.cpu_build_warning():
+    logging.warning("%s", device.cpu_build_warning())
   gan = steps.gan_from_config(config, mesh)
   evaluator = None
   if evaluation.enabled(config):  # built before anything is written: it can fail

@@ -85,7 +85,7 @@ def test_train_then_sample_from_the_command_line(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert {"metrics.csv", "samples.png", "losses.png", "config.json", "checkpoints",
           "samples"} <= set(os.listdir(workdir))
-  assert "training on 1 x cpu (cpu), jax " in result.stderr  # the device, first thing
+  assert "training on 1 x cpu (cpu), jax " in result.stderr  # the device, before training
   assert json.loads((workdir / "config.json").read_text())["deterministic"] is True
   result = run_main("--mode=sample", f"--workdir={workdir}", "--num_images=2", "--grid_size=4",
                     "--sample_seed=3")
