@@ -44,9 +44,20 @@ def load_config_file(path: str = DEFAULT_CONFIG_FILE):
   return module.get_config()
 
 
+_MAX_SHOWN_CHARS = 100  # a longer value (a crafted config.json's) is not repeated whole
+
+
+def shown(value) -> str:
+  """repr(value), cut to a bounded length for a one-line message."""
+  text = repr(value)
+  if len(text) <= _MAX_SHOWN_CHARS:
+    return text
+  return f"{text[:_MAX_SHOWN_CHARS - 40]}... ({len(text):,} characters)"
+
+
 def _require(ok: bool, field: str, value, why: str) -> None:
   if not ok:
-    raise UsageError(f"config.{field}={value!r} {why}")
+    raise UsageError(f"config.{field}={shown(value)} {why}")
 
 
 def _same_kind(value, default) -> bool:
@@ -66,19 +77,30 @@ def check_fields(config, reference) -> None:
       raise UsageError(f"config.{field} is missing (configs/default.py defines every field; "
                        "a config file should start from its get_config())")
     if not _same_kind(have[field], default):
-      raise UsageError(f"config.{field}={have[field]!r} is a {type(have[field]).__name__}; it "
-                       f"must be a {type(default).__name__}")
+      raise UsageError(f"config.{field}={shown(have[field])} is a {type(have[field]).__name__}; "
+                       f"it must be a {type(default).__name__}")
   unknown = sorted(set(have) - set(want))
   if unknown:
-    close = difflib.get_close_matches(unknown[0], want, n=1)
+    close = difflib.get_close_matches(str(unknown[0]), want, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    raise UsageError(f"config.{unknown[0]} is not a field of configs/default.py ({hint}a "
-                     "misspelt field would be ignored)")
+    raise UsageError(f"config.{str(unknown[0])[:_MAX_SHOWN_CHARS]} is not a field of "
+                     f"configs/default.py ({hint}a misspelt field would be ignored)")
 
 
 def validate(config) -> None:
   """Raises UsageError naming the first field that configs/default.py lacks, is missing, is of
-  another type, or whose value cannot work."""
+  another type, or whose value cannot work, or whose folder or dataset cannot be found."""
+  check_values(config)
+  _check_paths(config)
+  if config.dataset.startswith("tfds:"):
+    from dcgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    input_pipeline.check_tfds_name(config.dataset[5:])
+
+
+def check_values(config) -> None:
+  """validate's checks of the fields themselves (types, choices, bounds), without looking at
+  this machine's folders or datasets: what a workdir's config.json must pass, wherever the run
+  was trained."""
   check_fields(config, load_config_file())
   c = config
   _require(c.image_size in SUPPORTED_IMAGE_SIZES, "image_size", c.image_size,
@@ -123,11 +145,8 @@ def validate(config) -> None:
   _validate_evaluation(c)
   _require(c.max_checkpoints_to_keep >= 0, "max_checkpoints_to_keep",
            c.max_checkpoints_to_keep, "must be >= 0 (0 keeps all)")
-  _check_paths(c)
   if ds.startswith("tfds:"):
     _require(bool(c.split), "split", c.split, "must name a tfds split, e.g. 'train'")
-    from dcgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    input_pipeline.check_tfds_name(ds[5:])
 
 
 def _check_paths(c) -> None:
@@ -142,7 +161,7 @@ def _check_paths(c) -> None:
     except FileNotFoundError:
       pass  # the data source says what is missing, naming the dataset
     except OSError as e:  # a symlink loop, a path that cannot be searched
-      raise UsageError(f"config.data_dir={c.data_dir!r} cannot be resolved "
+      raise UsageError(f"config.data_dir={shown(c.data_dir)} cannot be resolved "
                        f"({e.strerror or type(e).__name__})") from None
 
 
@@ -176,7 +195,7 @@ def _validate_variants(c) -> None:
   try:
     augment.parse(c.diffaugment)
   except ValueError as e:
-    raise UsageError(f"config.diffaugment={c.diffaugment!r}: {e}") from None
+    raise UsageError(f"config.diffaugment={shown(c.diffaugment)}: {str(e)[:200]}") from None
 
 
 def images_per_step(config) -> int:

@@ -73,11 +73,18 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """Reads the config a workdir's run was trained with, fields added since filled in with the
-  values that reproduce it."""
+  values that reproduce it, checked as a config file's fields are (types, choices, bounds);
+  UsageError naming the file, the field and its value otherwise (a config.json edited by hand,
+  or a stranger's)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise UsageError(f"--workdir={workdir!r} has no config.json: train there first")
-  return ml_collections.ConfigDict(_read_config_json(path))
+  config = ml_collections.ConfigDict(_read_config_json(path))
+  try:
+    configuration.check_values(config)
+  except UsageError as e:
+    raise UsageError(f"{path}: {e}") from None
+  return config
 
 
 def _read_config_json(path: str) -> dict:
@@ -90,6 +97,9 @@ def _read_config_json(path: str) -> dict:
     raise UsageError(f"{path} cannot be read as JSON ({type(e).__name__})") from e
   if not isinstance(saved, dict):
     raise UsageError(f"{path} is not a config: a JSON object is needed")
+  odd = next((k for k in saved if not k.isidentifier()), None)  # ConfigDict refuses "a.b"
+  if odd is not None:
+    raise UsageError(f"{path}: {configuration.shown(odd)} is not a field of configs/default.py")
   return {**configuration.ADDED_FIELD_DEFAULTS, **saved}
 
 

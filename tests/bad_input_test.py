@@ -13,8 +13,9 @@ import sys
 import ml_collections
 import pytest
 
+import dcgan_jax
 from dcgan_jax.configs import default
-from dcgan_jax import configuration, sampling, serve, train
+from dcgan_jax import configuration, eval_run, sampling, serve, train
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import RunError, UsageError
 from conftest import folder_run_config, make_image_folder, tiny_config, truncate_checkpoint_arrays
@@ -303,3 +304,68 @@ def test_main_exits_with_one_line_and_touches_nothing(folder_run, tmp_path, args
   assert errors == lines[-1:] and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert message.format(run=case / "run") in errors[0], errors[0]
   assert _files(case) == before
+
+
+# A workdir's config.json edited by hand or from a stranger: (field, value, what the one line
+# says after the file's path). Each is refused by every way of opening a workdir.
+TAMPERED_CONFIG_JSON = [
+    ("image_size", 48, "config.image_size=48 is not supported; choose one of 32, 64, 128"),
+    ("image_size", "64", "config.image_size='64' is a str; it must be a int"),
+    ("channels", -1, "config.channels=-1 must be 1 or 3"),
+    ("loss", "evil", "config.loss='evil' is not one of bce, hinge, lsgan, wgan_gp"),
+    ("ngf", 1e9, "config.ngf=1000000000.0 is a float; it must be a int"),
+    ("seed", None, "config.seed=None is a NoneType; it must be a int"),
+    ("g_learning_rate", float("nan"), "config.g_learning_rate=nan must be positive and finite"),
+    ("batch_size", 10**400, "... (401 characters) is too large (at most 65,536)"),
+    ("loss", "x" * 10**6, "... (1,000,002 characters) is not one of bce"),
+    ("a.b", 1, "'a.b' is not a field of configs/default.py"),
+]
+
+
+def _open_sample(run):
+  sampling.sample_from_workdir(str(run))
+
+
+def _open_eval(run):
+  eval_run.evaluate_workdir(str(run))
+
+
+def _open_page(run):
+  serve.serve(str(run), port=1)  # refused before any socket is opened
+
+
+def _open_api(run):
+  dcgan_jax.load(str(run))
+
+
+@pytest.mark.slow  # the session's folder_run
+@pytest.mark.parametrize("field,value,message", TAMPERED_CONFIG_JSON)
+@pytest.mark.parametrize("opener", [_open_sample, _open_eval, _open_page, _open_api])
+def test_tampered_config_json_is_refused_in_one_line_by_every_reader(folder_run, tmp_path, field,
+                                                                     value, message, opener):
+  case = _copy(folder_run, tmp_path)
+  path = case / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  saved[field] = value
+  path.write_text(json.dumps(saved))
+  before = _files(case)
+  with pytest.raises(UsageError) as e:
+    opener(case / "run")
+  text = str(e.value)
+  assert text.startswith(f"{path}: ") and message in text and "\n" not in text, text
+  assert len(text) < 400  # a huge value is not repeated
+  assert _files(case) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sample", "eval", "serve"])
+def test_tampered_config_json_through_main_is_one_line_and_exit_2(folder_run, tmp_path, mode):
+  case = _copy(folder_run, tmp_path)
+  path = case / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  saved["loss"] = "evil"
+  path.write_text(json.dumps(saved))
+  result = _main(case / "run", f"--mode={mode}", "--port=1")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [
+      f"error: {path}: config.loss='evil' is not one of bce, hinge, lsgan, wgan_gp"]
