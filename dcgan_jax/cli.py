@@ -117,41 +117,52 @@ def main(argv: list[str]) -> None:
     _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   # pylint: disable=g-import-not-at-top  # each mode loads only what it needs
-  from dcgan_jax import checkpoint, parallel
+  from dcgan_jax import checkpoint, device
+  # pylint: enable=g-import-not-at-top
   checkpoint.silence_failed_read_reports()
+  lower = {"sample": "--grid_size, --num_images or --interpolation_frames",
+           "eval": "--eval_num_samples", "serve": "the other work on the device",
+           "train": "config.batch_size"}[FLAGS.mode]
 
   try:
     multi = ("coordinator_address", "num_processes", "process_id", "distributed")
     if FLAGS.mode != "train" and any(FLAGS[name].present for name in multi):
       raise UsageError(f"--mode {FLAGS.mode} runs in one process: leave out "
                        "--coordinator_address, --num_processes, --process_id and --distributed")
-    if FLAGS.mode == "train":
-      from dcgan_jax import train
-      if parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                             FLAGS.distributed) and not parallel.is_primary():
-        logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "sample":
-      from dcgan_jax import sampling
-      paths = sampling.sample_from_workdir(
-          FLAGS.workdir, FLAGS.sample_seed, FLAGS.num_images, FLAGS.grid_size, FLAGS.bn_mode,
-          FLAGS.interpolation_frames, FLAGS.checkpoint, FLAGS.ema)
-      logging.info("wrote %s%s", paths[0],
-                   f" and {len(paths) - 1} files beside it" if len(paths) > 1 else "")
-    elif FLAGS.mode == "serve":
-      from dcgan_jax import serve
-      serve.serve(FLAGS.workdir, FLAGS.host, FLAGS.port)
-    else:
-      from dcgan_jax import eval_run
-      report = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.evaluator, FLAGS.inception_weights,
-                                         FLAGS.eval_num_samples, FLAGS.bn_mode)
-      print(eval_run.format_report(report))
-      logging.info("wrote %s", os.path.join(FLAGS.workdir, "eval.json"))
-  # pylint: enable=g-import-not-at-top
+    with device.out_of_memory_as_usage_error(f"in --mode {FLAGS.mode}", lower):
+      _run_mode(FLAGS.mode)
   except UsageError as e:
     _exit_with(str(e))
   except RunError as e:
     _exit_with(str(e), status=1)
+
+
+def _run_mode(mode: str) -> None:
+  """Runs --mode; main() turns its errors into one line."""
+  # pylint: disable=g-import-not-at-top  # each mode loads only what it needs
+  if mode == "train":
+    from dcgan_jax import parallel, train
+    if parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           FLAGS.distributed) and not parallel.is_primary():
+      logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif mode == "sample":
+    from dcgan_jax import sampling
+    paths = sampling.sample_from_workdir(
+        FLAGS.workdir, FLAGS.sample_seed, FLAGS.num_images, FLAGS.grid_size, FLAGS.bn_mode,
+        FLAGS.interpolation_frames, FLAGS.checkpoint, FLAGS.ema)
+    logging.info("wrote %s%s", paths[0],
+                 f" and {len(paths) - 1} files beside it" if len(paths) > 1 else "")
+  elif mode == "serve":
+    from dcgan_jax import serve
+    serve.serve(FLAGS.workdir, FLAGS.host, FLAGS.port)
+  else:
+    from dcgan_jax import eval_run
+    report = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.evaluator, FLAGS.inception_weights,
+                                       FLAGS.eval_num_samples, FLAGS.bn_mode)
+    print(eval_run.format_report(report))
+    logging.info("wrote %s", os.path.join(FLAGS.workdir, "eval.json"))
+  # pylint: enable=g-import-not-at-top
 
 
 def presets_as_paths(argv: list[str]) -> list[str]:

@@ -1,11 +1,15 @@
 """The device a run trains on: what it is (logged at the start of every run), a CPU build of
-JAX on a machine with a GPU, and XLA's deterministic GPU algorithms (config.deterministic).
+JAX on a machine with a GPU, XLA's deterministic GPU algorithms (config.deterministic), and
+running out of its memory (one line naming what ran out and what to lower).
 
 XLA reads its flags once, when JAX starts its backends: the determinism setting goes into
 XLA_FLAGS before that, or it cannot take effect in this process.
 """
 
+import contextlib
 import os
+import re
+from collections.abc import Callable
 
 import jax
 from jax._src import xla_bridge
@@ -73,3 +77,32 @@ def cpu_build_warning() -> str | None:
     return None
   return ("this machine has an NVIDIA GPU but JAX runs on the CPU (jax's CPU build is "
           f"installed, or its CUDA build found no usable GPU): for the GPU, {GPU_INSTALL}")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+  """Tells whether an error is the device (or the host) running out of memory: XLA's
+  RESOURCE_EXHAUSTED at compilation or at run time, or Python's MemoryError."""
+  if isinstance(e, MemoryError):
+    return True
+  return (type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+          and "RESOURCE_EXHAUSTED" in str(e) and "memory" in str(e).lower())
+
+
+def out_of_memory_line(e: BaseException, what: str, lower: str) -> str:
+  """One line: the device, what ran out of its memory, how much was asked, what to lower."""
+  asked = re.search(r"allocating (\d+) bytes", str(e))
+  amount = f"; {int(asked.group(1)) / 2**30:,.1f} GiB asked at once" if asked else ""
+  kinds = ", ".join(sorted({d.device_kind for d in jax.local_devices()}))
+  return (f"out of memory on {kinds} ({jax.default_backend()}) {what}{amount}: lower {lower}")
+
+
+@contextlib.contextmanager
+def out_of_memory_as_usage_error(what: "str | Callable[[], str]", lower: str):
+  """Turns running out of memory inside the block into a UsageError of out_of_memory_line (what:
+  a text, or a function giving it at the moment of the error); other errors pass."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  # only memory errors are caught
+    if not is_out_of_memory(e):
+      raise
+    raise UsageError(out_of_memory_line(e, what() if callable(what) else what, lower)) from None

@@ -31,7 +31,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from dcgan_jax import images, metrics, sampling, steps
+from dcgan_jax import device, images, metrics, sampling, steps
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 from dcgan_jax.serve_page import PAGE
@@ -230,6 +230,11 @@ def make_app(explorer: Explorer, hosts: frozenset[str] | None = None):
       return as_json({"error": str(e)}, status=400)
     except HTTPException as e:
       return as_json({"error": e.description}, status=e.code)
+    except Exception as e:  # pylint: disable=broad-except  # the device's memory: say so
+      if not device.is_out_of_memory(e):
+        raise
+      return as_json({"error": device.out_of_memory_line(
+          e, f"making {request.path[:64]}", "n or frames")}, status=503)
 
   return app
 

@@ -46,7 +46,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   t0 = time.perf_counter()
   try:  # closing waits for a checkpoint still being written, also on errors and Ctrl-C
     restored = ckpt.latest_step() is not None
-    state, extra = checkpoint.restore_or_init(ckpt, gan, config.seed, parallel.replicated(mesh))
+    with device.out_of_memory_as_usage_error(
+        f"creating the training state ({config.image_size}x{config.image_size}x"
+        f"{config.channels}, ngf {config.ngf}, ndf {config.ndf})",
+        "config.ngf and config.ndf, or config.image_size"):
+      state, extra = checkpoint.restore_or_init(ckpt, gan, config.seed,
+                                                parallel.replicated(mesh))
     start = int(state.step)
     _check_dataset_size(extra, len(data), workdir)
     logging.info("%d images %s, %d steps per epoch; %s at step %d of %d", len(data),
@@ -112,15 +117,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
   def save() -> None:
     ckpt.save(state, extra={"pending": rows.pending_per_step(), "num_images": len(data)})
 
+  shape = f"{config.image_size}x{config.image_size}x{config.channels}"
+  doing = [""]  # what the device does now, for an out-of-memory error's line
   try:
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, device.out_of_memory_as_usage_error(
+        lambda: doing[0], f"config.batch_size (now {config.batch_size}), or config.image_size, "
+        "ngf and ndf (config.compute_dtype='bfloat16' halves the activations)"):
       for num_steps, batch in prefetcher:
+        doing[0] = (f"at training step {done + 1} (config.batch_size {config.batch_size} of "
+                    f"{shape} images, {num_steps} steps per call)")
         state, step_metrics = run(state, batch)
         done += num_steps
         rows.add(step_metrics, done)
         if any(due(every) for every in (config.log_every_steps, config.sample_every_steps,
                                         config.checkpoint_every_steps, eval_every)):
           rows.check_finite(done, state, ckpt)
+        if due(eval_every):
+          doing[0] = (f"evaluating step {done} ({config.eval_num_samples} samples generated "
+                      f"in batches of config.batch_size {config.batch_size})")
         evaluated = rows.untimed(evaluator.run, state) if due(eval_every) else {}
         if due(config.log_every_steps) or evaluated:
           row = rows.write(done, evaluated)

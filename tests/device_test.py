@@ -66,3 +66,51 @@ def test_cpu_build_on_a_gpu_machine_is_named(monkeypatch):
   assert "\n" not in warning
   monkeypatch.setattr(device, "gpu_driver_present", lambda: False)
   assert device.cpu_build_warning() is None
+
+
+def _oom(nbytes: int = 42_064_104_024):
+  return jax.errors.JaxRuntimeError(
+      f"RESOURCE_EXHAUSTED: Out of memory allocating {nbytes} bytes.")
+
+
+def test_out_of_memory_becomes_one_line_naming_what_and_what_to_lower():
+  assert device.is_out_of_memory(_oom()) and device.is_out_of_memory(MemoryError())
+  assert not device.is_out_of_memory(jax.errors.JaxRuntimeError("INTERNAL: a bug"))
+  assert not device.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED: Out of memory"))
+  with pytest.raises(UsageError) as e:
+    with device.out_of_memory_as_usage_error(lambda: "at training step 3", "config.batch_size"):
+      raise _oom()
+  assert str(e.value) == ("out of memory on cpu (cpu) at training step 3; 39.2 GiB asked at "
+                          "once: lower config.batch_size")
+  with pytest.raises(UsageError, match=r"^out of memory on cpu \(cpu\) sampling: lower n$"):
+    with device.out_of_memory_as_usage_error("sampling", "n"):
+      raise MemoryError()
+  with pytest.raises(KeyError):  # anything else passes unchanged
+    with device.out_of_memory_as_usage_error("x", "y"):
+      raise KeyError("k")
+
+
+def test_every_mode_of_the_command_line_says_out_of_memory_in_one_line(monkeypatch, capsys):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from dcgan_jax import cli  # pylint: disable=g-import-not-at-top
+
+  if "workdir" not in flags.FLAGS:
+    cli.define_flags()
+
+  def out_of_memory(mode):
+    raise _oom(2**31)
+
+  monkeypatch.setattr(cli, "_run_mode", out_of_memory)
+  try:
+    for mode, lower in (("sample", "--grid_size, --num_images or --interpolation_frames"),
+                        ("eval", "--eval_num_samples"), ("serve", "the other work")):
+      flags.FLAGS(["main.py", f"--mode={mode}", "--workdir=nowhere"])
+      with pytest.raises(SystemExit) as e:
+        cli.main(["main.py"])
+      assert e.value.code == 2
+      err = capsys.readouterr().err.strip().splitlines()
+      assert err == [f"error: out of memory on cpu (cpu) in --mode {mode}; 2.0 GiB asked at once: "
+                     f"lower {lower}" + (" on the device" if mode == "serve" else "")]
+  finally:
+    flags.FLAGS.unparse_flags()

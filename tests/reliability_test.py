@@ -5,6 +5,7 @@ bad workdirs, each leaving what was written as it was."""
 import os
 import pathlib
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -229,3 +230,35 @@ def test_each_variant_resumes_exactly_after_sigkill(name, tmp_path):
   assert rows == _untimed_rows(reference) and len(rows) == 6
   assert ("d_penalty" in rows[0]) == (name == "wgan_gp")
   assert trees_close(_final_state(workdir, **fields), _final_state(reference, **fields))
+
+
+def _memory_limit(nbytes: int):
+  def limit():
+    resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+  return limit
+
+
+def test_out_of_memory_is_one_line_and_the_next_try_trains(tmp_path):
+  """A batch too large for the memory (a 12 GB address-space limit here, a GPU's memory there):
+  one line naming the step, the batch, the image size and the device, exit 2; the smaller batch
+  then trains in the same workdir."""
+  workdir = tmp_path / "run"
+  # Without the session's compilation cache: writing the executable to it would ask for memory
+  # inside XLA's compiler, where running out aborts the process (std::bad_alloc) before any
+  # Python sees it.
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE",
+                                                                  "JAX_PERSISTENT_CACHE"))}
+  result = subprocess.run(_main(workdir, "--config.image_size=128", "--config.batch_size=2048"),
+                          capture_output=True, text=True, timeout=600, env=env,
+                          preexec_fn=_memory_limit(12 * 2**30))
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: out of memory on cpu (cpu) at training step 1 "
+                         "(config.batch_size 2048 of 128x128x1 images"), last
+  assert "GiB asked at once: lower config.batch_size (now 2048)" in last
+  assert "Traceback" not in result.stderr
+  result = subprocess.run(_main(workdir, *_RUN, "--config.num_train_steps=2",
+                                "--config.image_size=128"),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert [r["step"] for r in metrics.read_metrics(str(workdir / "metrics.csv"))] == ["2"]

@@ -300,3 +300,18 @@ def test_page_in_chromium_shows_a_new_seed(workdir, tmp_path):
       browser.quit()
     server.terminate()
     server.wait(timeout=30)
+
+
+def test_out_of_memory_in_a_request_is_a_503_with_one_line(explorer, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def out_of_memory(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1073741824 "
+                                     "bytes.")
+
+  monkeypatch.setattr(sampling, "generate_images", out_of_memory)
+  response = Client(serve.make_app(explorer)).get("/api/grid.png?seed=123&n=4")
+  assert response.status_code == 503
+  error = response.get_json()["error"]
+  assert error == ("out of memory on cpu (cpu) making /api/grid.png; 1.0 GiB asked at once: "
+                   "lower n or frames")
