@@ -8,10 +8,13 @@ metrics of steps not yet written as a row). Checkpoints from before `extra` exis
 with an empty one.
 """
 
+import contextlib
 import dataclasses
+import glob
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -19,8 +22,9 @@ import time
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
-from dcgan_jax import parallel, steps
+from dcgan_jax import errors, parallel, steps
 from dcgan_jax.errors import RunError, UsageError
 from dcgan_jax.steps import TrainState
 
@@ -61,13 +65,44 @@ def _is_failed_read(value: BaseException | None) -> bool:
 
 
 class UnretrievedFailedReads(logging.Filter):
-  """Drops asyncio's "exception was never retrieved" reports of failed TensorStore reads:
-  the restore's sibling reads, whose failure Orbax already raised through another one."""
+  """Drops asyncio's "exception was never retrieved" reports of failed TensorStore reads and
+  writes: the restore's (or save's) sibling operations, whose failure Orbax already raised
+  through another one."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     unretrieved = record.getMessage().startswith(("Task exception was never retrieved",
                                                   "Future exception was never retrieved"))
-    return not (unretrieved and record.exc_info and _is_failed_read(record.exc_info[1]))
+    failure = record.exc_info[1] if record.exc_info else None
+    return not (unretrieved and (_is_failed_read(failure) or write_errno(failure) is not None))
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def write_errno(e: BaseException | None) -> int | None:
+  """The errno of a failed write behind e (an OSError, or TensorStore's os_error_code in the
+  messages Orbax wraps it in); None for any other error."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno:
+      return e.errno
+    found = _OS_ERROR_CODE.search(str(e))
+    if found:
+      return int(found.group(1))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class FailedWriteReports(logging.Filter):
+  """Drops what Orbax's background threads log, with tracebacks, of a checkpoint write that
+  failed (a full disk): the run reports it once, in one line (Checkpointer.save and close)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+      return True
+    return write_errno(record.exc_info[1] if record.exc_info else None) is None and \
+        _OS_ERROR_CODE.search(record.getMessage()) is None
 
 
 def silence_failed_read_reports() -> None:
@@ -77,6 +112,7 @@ def silence_failed_read_reports() -> None:
   traceback although the failure itself was raised and handled. Everything else is
   reported as before."""
   logging.getLogger("asyncio").addFilter(UnretrievedFailedReads())
+  absl_logging.get_absl_handler().addFilter(FailedWriteReports())
   unraisable_hook, excepthook = sys.unraisablehook, sys.excepthook
 
   def unraisable(report) -> None:
@@ -131,7 +167,26 @@ class Checkpointer:
       return False
     args = ocp.args.Composite(default=ocp.args.StandardSave(state),
                               extra=ocp.args.JsonSave(extra or {}))
-    return bool(self._manager.save(step, args=args, metrics=metrics))
+    try:  # Orbax waits here for the previous save, whose failure it raises here too
+      return bool(self._manager.save(step, args=args, metrics=metrics))
+    except Exception as e:  # pylint: disable=broad-except  # a failed write becomes one line
+      self._raise_write_failure(e)
+      raise
+
+  def _raise_write_failure(self, e: BaseException) -> None:
+    """Raises RunError for a failed checkpoint write (naming its folder and errno), after
+    removing what it left half written; returns for any other error."""
+    number = write_errno(e)
+    if number is None:
+      return
+    partial = sorted(glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")))
+    for folder in partial:
+      shutil.rmtree(folder, ignore_errors=True)
+    latest = self.latest_step()
+    kept = (f"the newest complete checkpoint, step {latest}, is kept" if latest is not None
+            else "no checkpoint was complete yet")
+    raise RunError(errors.write_failure(partial[0] if partial else self.directory, None, number,
+                                        kept)) from None
 
   def _restore(self, step: int, abstract):
     return self._manager.restore(
@@ -213,9 +268,16 @@ class Checkpointer:
     return restored.replace(g_ema_params=jax.tree.map(jnp.copy, restored.g_params))
 
   def close(self) -> None:
-    """Waits for pending writes to finish, then releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending writes to finish, then releases the manager; RunError if a write
+    failed."""
+    try:
+      self._manager.wait_until_finished()
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except  # a failed write becomes one line
+      with contextlib.suppress(Exception):  # closing raises the same failure again
+        self._manager.close()
+      self._raise_write_failure(e)
+      raise
 
 
 class BestCheckpointer(Checkpointer):

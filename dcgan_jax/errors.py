@@ -1,4 +1,9 @@
-"""Error types whose message is one line for the user: main.py prints it without a traceback."""
+"""Error types whose message is one line for the user: main.py prints it without a traceback;
+and the one way a failed write becomes such a line."""
+
+import contextlib
+import os
+from collections.abc import Callable
 
 
 class UsageError(ValueError):
@@ -16,3 +21,29 @@ class RunError(RuntimeError):
 
 class DivergedError(RunError):
   """Training met a value that is not finite; nothing of it was saved."""
+
+
+@contextlib.contextmanager
+def writing(path: str, undo: Callable[[], None] | None = None):
+  """Turns a failed write in the block (a full disk, a quota, a read-only or failing file system)
+  into a RunError naming the path and the errno, after `undo` (best effort) takes back what the
+  write left half done: a temporary file, a partial row."""
+  try:
+    yield
+  except OSError as e:
+    if undo is not None:
+      with contextlib.suppress(OSError):
+        undo()
+    raise RunError(write_failure(path, e)) from None
+
+
+def write_failure(path: str, e: OSError | None, errno_: int | None = None,
+                  kept: str = "what was written before it is kept") -> str:
+  """One line for a write that failed: the path, the reason and the errno, what is kept and
+  what to do."""
+  number = errno_ if errno_ is not None else getattr(e, "errno", None)
+  reason = (getattr(e, "strerror", None) or (os.strerror(number) if number else None)
+            or str(e))
+  return (f"cannot write {path}: {reason}" + (f" (errno {number})" if number else "")
+          + f"; {kept}: make room and run the same command again (a run resumes from its "
+            "newest complete checkpoint)")

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcgan_jax import checkpoint, fid, image_cache, parallel, sampling, steps
+from dcgan_jax import checkpoint, errors, fid, image_cache, parallel, sampling, steps
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
@@ -99,8 +99,9 @@ def _cached_features(extractor: Extractor, images_u8: np.ndarray, cache_dir: str
   features, _ = extractor.extract(steps_to_float(images_u8))
   os.makedirs(cache_dir, exist_ok=True)
   tmp = f"{path}.tmp.npy"
-  np.save(tmp, features)
-  os.replace(tmp, path)
+  with errors.writing(path, undo=lambda: os.remove(tmp)):
+    np.save(tmp, features)
+    os.replace(tmp, path)
   return features
 
 

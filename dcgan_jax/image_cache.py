@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from dcgan_jax import errors
 from dcgan_jax.decode import DecodeError
 from dcgan_jax.errors import UsageError
 
@@ -64,9 +65,10 @@ def _read_complete(array_path: str, meta_path: str, key: str):
 
 def _write_json(path: str, obj) -> None:
   tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  with errors.writing(path, undo=lambda: os.remove(tmp)):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
 class _Progress:
@@ -161,7 +163,7 @@ def load_or_build(cache_dir: str, name: str, description: dict[str, Any], items:
   shape = (len(items), image_size, image_size, channels)
   partial = f"{base}.partial-{socket.gethostname()}-{os.getpid()}.npy"  # one per process
   t0 = time.perf_counter()
-  np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()
+  _new_array(partial, shape)
   try:
     failures = _decode_into(partial, items, load, num_workers or os.cpu_count() or 1,
                             processes, f"decoding {name}")
@@ -184,12 +186,23 @@ def load_or_build(cache_dir: str, name: str, description: dict[str, Any], items:
   return Cached(np.load(array_path, mmap_mode="r"), skipped, True, array_path)
 
 
+def _new_array(path: str, shape: tuple[int, ...]) -> np.memmap:
+  """A new uint8 .npy file of `shape`, its space reserved on the disk before it is mapped: a full
+  disk is a RunError here, where writing into a mapping of a sparse file would kill the process
+  (SIGBUS)."""
+  with errors.writing(path, undo=lambda: os.remove(path)):
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    array.flush()
+    with open(path, "r+b") as f:
+      os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+  return array
+
+
 def _drop_rows(path: str, bad: set[int]) -> None:
   """Rewrites the .npy file at `path` without the rows in `bad`."""
   array = np.load(path, mmap_mode="r")
   keep = np.array([i for i in range(array.shape[0]) if i not in bad], np.int64)
-  compact = np.lib.format.open_memmap(f"{path}.compact.npy", mode="w+", dtype=np.uint8,
-                                      shape=(len(keep),) + array.shape[1:])
+  compact = _new_array(f"{path}.compact.npy", (len(keep),) + array.shape[1:])
   for start in range(0, len(keep), 4096):
     compact[start:start + 4096] = array[keep[start:start + 4096]]
   compact.flush()

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from dcgan_jax import errors
+
 
 def to_uint8(images_in_minus1_1: jax.Array) -> jax.Array:
   """Converts [-1, 1] floats to [0, 255] uint8, rounding to nearest (halves to even); numpy or JAX
@@ -43,9 +45,10 @@ def png_bytes(image_HxWxC: np.ndarray) -> bytes:
 def save_png(path: str, image_HxWxC: np.ndarray) -> None:
   """Writes a uint8 (H, W, 1 or 3) image, atomically (temp file, then rename)."""
   tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(png_bytes(image_HxWxC))
-  os.replace(tmp, path)
+  with errors.writing(path, undo=lambda: os.remove(tmp)):
+    with open(tmp, "wb") as f:
+      f.write(png_bytes(image_HxWxC))
+    os.replace(tmp, path)
 
 
 def save_gif(path: str, frames_NxHxWxC: np.ndarray, frame_ms: int = 80, scale: int = 1) -> None:
@@ -58,6 +61,7 @@ def save_gif(path: str, frames_NxHxWxC: np.ndarray, frame_ms: int = 80, scale: i
       picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     pictures.append(picture)
   tmp = f"{path}.tmp"
-  pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
-                   duration=frame_ms, loop=0)
-  os.replace(tmp, path)
+  with errors.writing(path, undo=lambda: os.remove(tmp)):
+    pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
+                     duration=frame_ms, loop=0)
+    os.replace(tmp, path)

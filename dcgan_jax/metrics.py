@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dcgan_jax import errors
+
 COLUMNS = ("step", "epoch", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2",
            "images_per_s", "seconds")
 
@@ -27,16 +29,20 @@ class MetricsWriter:
     old = [k for r in kept[:1] for k in r if k not in new and k not in eval_columns]
     self.columns = new + old + list(eval_columns)
     tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-      writer = csv.DictWriter(f, self.columns, restval="")
-      writer.writeheader()
-      writer.writerows(kept)
-    os.replace(tmp, path)
+    with errors.writing(path, undo=lambda: os.remove(tmp)):
+      with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(kept)
+      os.replace(tmp, path)
 
   def write(self, row: dict) -> None:
-    with open(self.path, "a", newline="") as f:
-      csv.DictWriter(f, self.columns, restval="").writerow(
-          {k: _fmt(row[k]) for k in self.columns if k in row})
+    """Appends a row, whole: a write that fails (a full disk) is cut off again."""
+    size = os.path.getsize(self.path)
+    with errors.writing(self.path, undo=lambda: os.truncate(self.path, size)):
+      with open(self.path, "a", newline="") as f:
+        csv.DictWriter(f, self.columns, restval="").writerow(
+            {k: _fmt(row[k]) for k in self.columns if k in row})
 
 
 def _fmt(value) -> str:

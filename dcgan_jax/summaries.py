@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from dcgan_jax import images
+from dcgan_jax import errors, images
 
 
 def _crc32c_table() -> list[int]:
@@ -83,14 +83,21 @@ class EventWriter:
     name = (f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
             ".dcgan_jax")
     self.path = os.path.join(folder, name)
-    self._file = open(self.path, "ab")  # pylint: disable=consider-using-with
+    with errors.writing(self.path):
+      self._file = open(self.path, "ab", buffering=0)  # pylint: disable=consider-using-with
+    self._size = 0  # bytes of whole records in the file
     self._write(_event(0, _field(3, "brain.Event:2")))
     if purge_from_step is not None:  # SessionLog{status: START}
       self._write(_event(purge_from_step, _field(7, _field(1, 1))))
 
   def _write(self, event: bytes) -> None:
+    """Appends one record, whole: a write that fails is cut off again (a full disk)."""
     length = struct.pack("<Q", len(event))
-    self._file.write(length + _masked_crc(length) + event + _masked_crc(event))
+    record = memoryview(length + _masked_crc(length) + event + _masked_crc(event))
+    with errors.writing(self.path, undo=lambda: os.truncate(self.path, self._size)):
+      while record:
+        record = record[self._file.write(record):]
+    self._size += len(length) + 4 + len(event) + 4
 
   def _summary(self, step: int, value: bytes) -> None:
     self._write(_event(step, _field(5, _field(1, value))))
@@ -115,7 +122,7 @@ class EventWriter:
     self._summary(step, _field(1, tag) + _field(9, metadata) + _field(8, tensor))
 
   def flush(self) -> None:
-    self._file.flush()
+    """Every record is written as it comes (the file is unbuffered): nothing to do."""
 
   def close(self) -> None:
     self._file.close()

@@ -8,7 +8,7 @@ import socket
 import ml_collections
 from absl import logging
 
-from dcgan_jax import checkpoint, configuration, steps
+from dcgan_jax import checkpoint, configuration, errors, steps
 from dcgan_jax.errors import UsageError
 
 CHECKPOINTS = "checkpoints"  # the latest checkpoints of the run
@@ -66,9 +66,10 @@ def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes workdir/config.json atomically."""
   path = os.path.join(workdir, "config.json")
-  with open(f"{path}.tmp", "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-  os.replace(f"{path}.tmp", path)
+  with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
+    with open(f"{path}.tmp", "w") as f:
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+    os.replace(f"{path}.tmp", path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
