@@ -31,7 +31,7 @@ import optax
 from absl import logging
 from PIL import Image
 
-from dcgan_jax import decode, input_pipeline
+from dcgan_jax import decode, errors, input_pipeline
 from dcgan_jax.errors import UsageError
 from dcgan_jax.steps import to_float
 
@@ -193,8 +193,9 @@ def _write(folder: str | pathlib.Path, seed: int, params: dict, accuracy: float)
           "made_with": {"jax": jax.__version__, "flax": flax.__version__}}
   for target, content in ((path, data), (meta_path, (json.dumps(meta, indent=1) + "\n").encode())):
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(content)
-    tmp.replace(target)
+    with errors.writing(str(target), undo=tmp.unlink):
+      tmp.write_bytes(content)
+      tmp.replace(target)
   return path
 
 

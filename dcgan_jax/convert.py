@@ -27,6 +27,7 @@ import sys
 import numpy as np
 from absl import logging
 
+from dcgan_jax import errors
 from dcgan_jax.errors import RunError, UsageError
 
 Variables = dict  # {"params": {...}, "batch_stats": {...}} of numpy arrays
@@ -282,9 +283,10 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
                     "the tutorial's netD", d.norm, d.spectral_norm)
   for name, sd in files:
     path = os.path.join(out_dir, name)
-    torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in sd.items()),
-               f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
+    with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):  # noqa: B023
+      torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v)))
+                                         for k, v in sd.items()), f"{path}.tmp")
+      os.replace(f"{path}.tmp", path)
     paths.append(path)
   return paths
 

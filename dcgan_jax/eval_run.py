@@ -7,7 +7,7 @@ import os
 import ml_collections
 import numpy as np
 
-from dcgan_jax import configuration, evaluation, input_pipeline, steps
+from dcgan_jax import configuration, errors, evaluation, input_pipeline, steps
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
@@ -59,9 +59,10 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
             "reference_images": judge.num_real, "bn_mode": config.sample_bn_mode,
             "results": results}
   path = os.path.join(workdir, "eval.json")
-  with open(f"{path}.tmp", "w") as f:
-    json.dump(report, f, indent=2)
-  os.replace(f"{path}.tmp", path)
+  with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
+    with open(f"{path}.tmp", "w") as f:
+      json.dump(report, f, indent=2)
+    os.replace(f"{path}.tmp", path)
   return report
 
 
