@@ -92,11 +92,15 @@ def test_out_of_memory_becomes_one_line_naming_what_and_what_to_lower():
 
 def test_every_mode_of_the_command_line_says_out_of_memory_in_one_line(monkeypatch, capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
   from dcgan_jax import cli  # pylint: disable=g-import-not-at-top
 
   if "workdir" not in flags.FLAGS:
     cli.define_flags()
+  # Parsing flags sets absl's verbosity, and main() filters its handler: both are put back.
+  level, handler = absl_logging.get_absl_logger().level, absl_logging.get_absl_handler()
+  filters = list(handler.filters)
 
   def out_of_memory(mode):
     raise _oom(2**31)
@@ -114,3 +118,5 @@ def test_every_mode_of_the_command_line_says_out_of_memory_in_one_line(monkeypat
                      f"lower {lower}" + (" on the device" if mode == "serve" else "")]
   finally:
     flags.FLAGS.unparse_flags()
+    absl_logging.get_absl_logger().setLevel(level)
+    handler.filters[:] = filters
