@@ -159,7 +159,9 @@ def _paths(folder: str | pathlib.Path, seed: int) -> tuple[pathlib.Path, pathlib
 
 
 def _template(model: DigitClassifier) -> dict:
-  return model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))["params"]
+  """The params' structure, shapes and dtypes, computed without running (or compiling) init."""
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                        jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))["params"]
 
 
 def _read(folder: str | pathlib.Path, seed: int, model: DigitClassifier) -> tuple[dict, float]:
