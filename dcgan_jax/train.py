@@ -35,8 +35,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   workdir_lib.check_writable(workdir)  # the first write, once every check has passed
   logging.info("training on %s%s", device.describe(),  # bad input is one line: said after it
                "" if config.deterministic else " (config.deterministic False: fastest kernels)")
-  if device.cpu_build_warning():
-    logging.warning("%s", device.cpu_build_warning())
+  warning = device.cpu_build_warning()
+  if warning:
+    logging.warning("%s", warning)
   gan = steps.gan_from_config(config, mesh)
   evaluator = None
   if evaluation.enabled(config):  # built before anything is written: it can fail
@@ -132,10 +133,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
         if any(due(every) for every in (config.log_every_steps, config.sample_every_steps,
                                         config.checkpoint_every_steps, eval_every)):
           rows.check_finite(done, state, ckpt)
+        evaluated = {}
         if due(eval_every):
           doing[0] = (f"evaluating step {done} ({config.eval_num_samples} samples generated "
                       f"in batches of config.batch_size {config.batch_size})")
-        evaluated = rows.untimed(evaluator.run, state) if due(eval_every) else {}
+          evaluated = rows.untimed(evaluator.run, state)
         if due(config.log_every_steps) or evaluated:
           row = rows.write(done, evaluated)
           if board is not None:
