@@ -109,8 +109,9 @@ def silence_failed_read_reports() -> None:
   """Silences, for the rest of the process, what a failed Orbax restore leaves on stderr:
   TensorStore callbacks into the restore's closed event loop, its abandoned read
   coroutines, and its failed sibling reads that nothing awaited, each reported with a
-  traceback although the failure itself was raised and handled. Everything else is
-  reported as before."""
+  traceback although the failure itself was raised and handled; and, likewise, what Orbax's
+  threads log of a checkpoint write that failed (Checkpointer reports it in one line).
+  Everything else is reported as before."""
   logging.getLogger("asyncio").addFilter(UnretrievedFailedReads())
   absl_logging.get_absl_handler().addFilter(FailedWriteReports())
   unraisable_hook, excepthook = sys.unraisablehook, sys.excepthook
