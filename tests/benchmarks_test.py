@@ -33,6 +33,7 @@ def test_jax_line_has_the_contract_fields():
   assert line["images_per_s"] == round(4 / line["ms_per_step"] * 1000, 1)
   assert line["gflop_per_step"] > 0
   assert line["steps_per_dispatch"] == 1  # --steps 1: one call of one step
+  assert line["deterministic"] is True  # configs/default.py's config.deterministic
   assert "flop_fraction" not in line  # no known peak for a CPU
 
 
@@ -40,8 +41,9 @@ def test_jax_runs_as_the_training_loop_with_the_flop_fraction_of_a_given_peak():
 
   k = default.get_config().steps_per_dispatch
   [line] = _run("--impl", "jax", *TINY[:-6], "--steps", str(k + 1), "--windows", "1",
-                "--warmup", "0", "--peak-tflops", "2.5")
+                "--warmup", "0", "--peak-tflops", "2.5", "--deterministic", "0")
   assert line["steps_per_dispatch"] == k > 1  # calls of k steps and of 1, as the loop makes them
+  assert line["deterministic"] is False
   assert line["peak_tflops"] == 2.5
   # achieved_tflops and flop_fraction are rounded to 3 and 4 decimals
   assert abs(line["flop_fraction"] * 2.5 - line["achieved_tflops"]) <= 0.0005 + 2.5 * 0.00005
