@@ -70,8 +70,8 @@ class UnretrievedFailedReads(logging.Filter):
   through another one."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    unretrieved = record.getMessage().startswith(("Task exception was never retrieved",
-                                                  "Future exception was never retrieved"))
+    # "Task", "Future" or "_GatheringFuture exception was never retrieved"
+    unretrieved = "exception was never retrieved" in record.getMessage()
     failure = record.exc_info[1] if record.exc_info else None
     return not (unretrieved and (_is_failed_read(failure) or write_errno(failure) is not None))
 
