@@ -44,15 +44,15 @@ def load_config_file(path: str = DEFAULT_CONFIG_FILE):
   return module.get_config()
 
 
-_MAX_SHOWN_CHARS = 100  # a longer value (a crafted config.json's) is not repeated whole
+MAX_SHOWN_CHARS = 100  # a longer value (a crafted config.json's) is not repeated whole
 
 
 def shown(value) -> str:
   """repr(value), cut to a bounded length for a one-line message."""
   text = repr(value)
-  if len(text) <= _MAX_SHOWN_CHARS:
+  if len(text) <= MAX_SHOWN_CHARS:
     return text
-  return f"{text[:_MAX_SHOWN_CHARS - 40]}... ({len(text):,} characters)"
+  return f"{text[:MAX_SHOWN_CHARS - 40]}... ({len(text):,} characters)"
 
 
 def _require(ok: bool, field: str, value, why: str) -> None:
@@ -83,7 +83,7 @@ def check_fields(config, reference) -> None:
   if unknown:
     close = difflib.get_close_matches(str(unknown[0]), want, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    raise UsageError(f"config.{str(unknown[0])[:_MAX_SHOWN_CHARS]} is not a field of "
+    raise UsageError(f"config.{str(unknown[0])[:MAX_SHOWN_CHARS]} is not a field of "
                      f"configs/default.py ({hint}a misspelt field would be ignored)")
 
 

@@ -16,7 +16,6 @@ BEST = "best"  # the best checkpoint by config.best_metric
 _MODEL_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "d_norm", "spectral_norm")
 # The GAN a run trains (docs/guide.md#gan-variants): a resumed run keeps its own.
 _GAN_FIELDS = ("loss", "r1_weight", "gp_weight", "d_steps_per_g_step", "diffaugment")
-_MAX_VALUE_CHARS = 100  # longer values from a config.json are not repeated in an error
 
 
 def checkpoint_dir(workdir: str, which: str = "latest") -> str:
@@ -55,7 +54,7 @@ def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
   for field in _MODEL_FIELDS + (_GAN_FIELDS if max(stored) > 0 else ()):
     if field in saved and saved[field] != config[field]:
       value = saved[field]
-      if len(str(value)) > _MAX_VALUE_CHARS:  # no config holds such a value: name no flag
+      if len(str(value)) > configuration.MAX_SHOWN_CHARS:  # no config holds such a value
         raise UsageError(f"--workdir={workdir} holds a run trained with another config.{field} "
                          "(its config.json): use another --workdir")
       raise UsageError(f"--workdir={workdir} holds a run trained with config.{field}="
