@@ -111,8 +111,8 @@ def setup_jax(args):
   """Compiles and warms up dcgan-jax's training loop: (run_steps, sync, info).
 
   Iterations run as the training loop runs them: `steps_per_dispatch` of them per jitted
-  call (steps.train_steps, a lax.scan over that many batches held on the device), the
-  state's buffers donated, no host sync inside a window.
+  call (steps.train_steps, a lax.scan over that many batches held on the device; a shorter
+  remainder in its padded program), the state's buffers donated, no host sync inside a window.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -123,27 +123,35 @@ def setup_jax(args):
   state = steps.init_train_state(gan, 0)
   batch = np.random.default_rng(0).integers(
       0, 256, (args.batch_size, args.image_size, args.image_size, args.channels), np.uint8)
-  plan = lambda n: list(input_pipeline.plan_chunks(0, n, args.steps_per_dispatch, ()))  # noqa: E731
-  lengths = sorted({k for n in (args.steps, args.warmup) for _, k in plan(n)}, reverse=True)
-  images = {k: jax.device_put(np.broadcast_to(batch, (k, *batch.shape))) for k in lengths}
+  most = args.steps_per_dispatch
+  plan = lambda n: list(input_pipeline.plan_chunks(0, n, most, ()))  # noqa: E731
+  # Calls of `most` steps (a scan of that length) and, for a shorter remainder, the padded
+  # program that runs any count below it (train_steps' num_steps), as the loop makes them.
+  kinds = sorted({k == most for n in (args.steps, args.warmup) for _, k in plan(n)},
+                 reverse=True)  # full calls first
+  images = jax.device_put(np.broadcast_to(batch, (most, *batch.shape)))
+  count = lambda k: None if k == most else np.int32(k)  # noqa: E731
   jitted = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
   compiled, compile_s = {}, {}
-  for k in lengths:
+  for full in kinds:
     t0 = time.perf_counter()
-    compiled[k] = jitted.lower(gan, state, images[k]).compile()
-    compile_s[k] = time.perf_counter() - t0
+    compiled[full] = jitted.lower(gan, state, images, None if full else np.int32(1)).compile()
+    compile_s[full] = time.perf_counter() - t0
   box = {"state": state}
+
+  def call(k: int) -> None:
+    box["state"], box["metrics"] = compiled[k == most](box["state"], images, count(k))
 
   def run_steps(n: int) -> None:
     for _, k in plan(n):
-      box["state"], box["metrics"] = compiled[k](box["state"], images[k])
+      call(k)
 
   def sync():
     jax.block_until_ready(box["state"])
 
   run_steps(args.warmup)
-  for k in set(lengths) - {k for _, k in plan(args.warmup)}:  # every compiled length runs once
-    box["state"], box["metrics"] = compiled[k](box["state"], images[k])
+  for full in set(kinds) - {k == most for _, k in plan(args.warmup)}:  # each program runs once
+    call(most if full else 1)
   sync()
 
   def info():
@@ -153,7 +161,7 @@ def setup_jax(args):
             "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
             "compute_dtype": args.compute_dtype, "deterministic": bool(args.deterministic),
             "steps_per_dispatch": max(k for _, k in plan(args.steps)),
-            "compile_s": round(compile_s[lengths[0]], 2),
+            "compile_s": round(compile_s[kinds[0]], 2),
             "peak_memory_bytes": stats.get("peak_bytes_in_use"),
             "versions": {"jax": jax.__version__}}
   return run_steps, sync, info

@@ -214,15 +214,24 @@ class Batches:
   def __getitem__(self, step: int) -> np.ndarray:
     return self.images[self.batch_indices(step)]
 
-  def chunk(self, first_step: int, num_steps: int, rows: slice = slice(None)) -> np.ndarray:
+  def chunk(self, first_step: int, num_steps: int, rows: slice = slice(None),
+            length: int | None = None) -> np.ndarray:
     """Returns the batches of num_steps consecutive steps, stacked: (K, B, S, S, C); with `rows`,
-    only those rows of each batch (a device's part of it)."""
-    return self.images[self.chunk_indices(first_step, num_steps)[:, rows]]
+    only those rows of each batch (a device's part of it); with length, padded as
+    chunk_indices pads."""
+    return self.images[self.chunk_indices(first_step, num_steps, length)[:, rows]]
 
-  def chunk_indices(self, first_step: int, num_steps: int) -> np.ndarray:
-    """Returns the sorted image indices of num_steps consecutive steps: (K, B) int32."""
-    return np.stack([self.batch_indices(s) for s in range(first_step, first_step + num_steps)]
-                    ).astype(np.int32)
+  def chunk_indices(self, first_step: int, num_steps: int,
+                    length: int | None = None) -> np.ndarray:
+    """Returns the sorted image indices of num_steps consecutive steps: (K, B) int32; with a
+    length > num_steps, K is length and the batches past num_steps are image 0 repeated (a
+    shorter chunk padded to the length of the others, never trained on)."""
+    indices = np.stack([self.batch_indices(s)
+                        for s in range(first_step, first_step + num_steps)]).astype(np.int32)
+    if length is not None and length > num_steps:
+      padding = np.zeros((length - num_steps, indices.shape[1]), np.int32)
+      indices = np.concatenate([indices, padding])
+    return indices
 
 
 def plan_chunks(start: int, end: int, max_steps: int,

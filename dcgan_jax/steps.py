@@ -323,18 +323,42 @@ def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[Train
   return state, {**d_metrics, **g_metrics}
 
 
-def train_steps(gan: GAN, state: TrainState, images_KxBxSxSxC_u8: jax.Array
-                ) -> tuple[TrainState, Metrics]:
-  """Runs K iterations in one dispatch (lax.scan over K batches); metrics stacked to (K,)."""
-  return jax.lax.scan(functools.partial(train_step, gan), state, images_KxBxSxSxC_u8)
+def train_steps(gan: GAN, state: TrainState, images_KxBxSxSxC_u8: jax.Array,
+                num_steps: jax.Array | None = None) -> tuple[TrainState, Metrics]:
+  """Runs K iterations in one dispatch (lax.scan over K batches); metrics stacked to (K,).
+
+  With num_steps (an int32 scalar < K, traced), only the first num_steps batches are trained
+  on and the metrics past them are zeros: every chunk shorter than K (a run's first chunk after
+  a resume, its last, those cut by log, sample and checkpoint intervals) runs in this one
+  program, padded to K, instead of compiling a program for each length.
+  """
+  return _iterate(functools.partial(train_step, gan), state, images_KxBxSxSxC_u8, num_steps)
 
 
 def train_steps_gather(gan: GAN, state: TrainState, images_NxSxSxC_u8: jax.Array,
-                       indices_KxB: jax.Array) -> tuple[TrainState, Metrics]:
+                       indices_KxB: jax.Array, num_steps: jax.Array | None = None
+                       ) -> tuple[TrainState, Metrics]:
   """Runs train_steps on batches gathered on the device from a dataset held there."""
   def body(s, indices_B):
     return train_step(gan, s, jnp.take(images_NxSxSxC_u8, indices_B, axis=0))
-  return jax.lax.scan(body, state, indices_KxB)
+  return _iterate(body, state, indices_KxB, num_steps)
+
+
+def _iterate(step, state: TrainState, xs_K: jax.Array, num_steps: jax.Array | None
+             ) -> tuple[TrainState, Metrics]:
+  """state, metrics (K,) of step applied to xs_K[0], xs_K[1], ...: all K (a scan) or the first
+  num_steps (a loop of a traced length; the other metrics are zeros)."""
+  if num_steps is None:
+    return jax.lax.scan(step, state, xs_K)
+  k = xs_K.shape[0]
+  _, shapes = jax.eval_shape(step, state, xs_K[0])
+  stacked = jax.tree.map(lambda s: jnp.zeros((k,) + s.shape, s.dtype), shapes)
+
+  def body(i, carry):
+    s, metrics_K = carry
+    s, metrics = step(s, xs_K[i])
+    return s, jax.tree.map(lambda m_K, m: m_K.at[i].set(m), metrics_K, metrics)
+  return jax.lax.fori_loop(0, num_steps, body, (state, stacked))
 
 
 def generate(gan: GAN, state: TrainState, z_BxZ: jax.Array, bn_mode: str = "train",

@@ -129,7 +129,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
                     f"{shape} images, {num_steps} steps per call)")
         state, step_metrics = run(state, batch)
         done += num_steps
-        rows.add(step_metrics, done)
+        rows.add(step_metrics, num_steps, done)
         if any(due(every) for every in (config.log_every_steps, config.sample_every_steps,
                                         config.checkpoint_every_steps, eval_every)):
           rows.check_finite(done, state, ckpt)
@@ -219,15 +219,16 @@ class _Rows:
                                           train_columns=train_columns)
       self.progress = Progress(start, total)
     # A resumed run starts with the metrics its checkpoint kept.
-    self.pending: list[steps.Metrics] = (
-        [{k: np.asarray(v, np.float32) for k, v in pending.items()}] if pending else [])
+    self.pending: list[tuple[steps.Metrics, int]] = (
+        [({k: np.asarray(v, np.float32) for k, v in pending.items()},
+          len(next(iter(pending.values()))))] if pending else [])
     self.timed_steps, self.t0 = 0, time.perf_counter()
 
-  def add(self, step_metrics: steps.Metrics, done: int) -> None:
-    """Takes a dispatch's metrics, after `done` steps (counted on the host: nothing waits for
-    the device, except after the first dispatch, whose compilation is not timed)."""
-    self.pending.append(step_metrics)
-    num_steps = len(jax.tree.leaves(step_metrics)[0])
+  def add(self, step_metrics: steps.Metrics, num_steps: int, done: int) -> None:
+    """Takes a dispatch's metrics (of its first num_steps steps: a shorter chunk's are padded),
+    after `done` steps (counted on the host: nothing waits for the device, except after the
+    first dispatch, whose compilation is not timed)."""
+    self.pending.append((step_metrics, num_steps))
     if done == self.start + num_steps:
       jax.block_until_ready(step_metrics)
       self.t0 = time.perf_counter()
@@ -293,15 +294,24 @@ def _diverged(ckpt: checkpoint.Checkpointer, step: int, what: str) -> None:
 
 def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, start: int,
           total: int, mesh: jax.sharding.Mesh):
-  """Returns the dispatch function and a prefetcher of (chunk length, its batch argument)
-  from step start to total: batches of images, or of indices into a dataset on the device."""
+  """Returns the dispatch function and a prefetcher of (chunk length, its arguments) from step
+  start to total: batches of images, or of indices into a dataset on the device, and the step
+  count of a shorter chunk."""
   per_step = configuration.images_per_step(config)
   batches = input_pipeline.Batches(data, per_step, config.seed)
   intervals = (config.log_every_steps, config.sample_every_steps, config.checkpoint_every_steps)
   if evaluation.enabled(config):
     intervals += (config.eval_every_steps,)
-  chunks = input_pipeline.plan_chunks(start, total, config.steps_per_dispatch, intervals)
+  most = config.steps_per_dispatch
+  chunks = input_pipeline.plan_chunks(start, total, most, intervals)
   split = parallel.batch_sharding(mesh, batch_axis=1)  # chunks are (K, B, ...)
+
+  def count(k: int) -> jax.Array | None:
+    """None for a chunk of `most` steps (the scan of that many); else k, for a shorter chunk,
+    padded to `most` batches: all of them run in one program (train_steps' num_steps)."""
+    if k == most:
+      return None
+    return parallel.global_array((), parallel.replicated(mesh), lambda index: np.int32(k))
 
   if config.data_on_device:
     def dataset_part(index):  # every device holds the whole dataset
@@ -309,26 +319,28 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
 
     on_device = parallel.global_array(data.shape, parallel.replicated(mesh), dataset_part)
 
-    def run_gathered(state, indices_KxB):
-      return _train_steps_gather(gan, state, on_device, indices_KxB)
+    def run_gathered(state, fed):
+      indices_KxB, num_steps = fed
+      return _train_steps_gather(gan, state, on_device, indices_KxB, num_steps)
 
     def indices(chunk: tuple[int, int]):
       first, k = chunk
-      return k, parallel.global_array((k, per_step), split,
-                                      batches.chunk_indices(first, k).__getitem__)
+      read = batches.chunk_indices(first, k, most).__getitem__
+      return k, (parallel.global_array((most, per_step), split, read), count(k))
 
     return run_gathered, input_pipeline.Prefetcher(indices, chunks, config.prefetch_batches)
 
-  def run(state, images_KxBxSxSxC):
-    return _train_steps(gan, state, images_KxBxSxSxC)
+  def run(state, fed):
+    images_KxBxSxSxC, num_steps = fed
+    return _train_steps(gan, state, images_KxBxSxSxC, num_steps)
 
   def images(chunk: tuple[int, int]):
     first, k = chunk
 
     def rows(index):  # each process reads its own devices' rows
-      return batches.chunk(first, k, rows=index[1])
+      return batches.chunk(first, k, rows=index[1], length=most)
 
-    return k, parallel.global_array((k, per_step) + data.shape[1:], split, rows)
+    return k, (parallel.global_array((most, per_step) + data.shape[1:], split, rows), count(k))
 
   return run, input_pipeline.Prefetcher(images, chunks, config.prefetch_batches)
 
@@ -359,14 +371,16 @@ class Progress:
       self._bar.close()
 
 
-def _per_step(pending: list[steps.Metrics]) -> dict[str, np.ndarray]:
-  """Returns the pending dispatches' metrics (each (K,) per dispatch) as one float32 array per
-  metric, a value per step, in step order."""
-  stacked = jax.device_get(parallel.local_copy(pending))
-  return {k: np.concatenate([np.ravel(m[k]) for m in stacked]) for k in stacked[0]}
+def _per_step(pending: list[tuple[steps.Metrics, int]]) -> dict[str, np.ndarray]:
+  """Returns the pending dispatches' metrics (each (K,) per dispatch, of which the first count
+  are steps) as one float32 array per metric, a value per step, in step order."""
+  stacked = jax.device_get(parallel.local_copy([m for m, _ in pending]))
+  counts = [n for _, n in pending]
+  return {k: np.concatenate([np.ravel(np.asarray(m[k])[:n]) for m, n in zip(stacked, counts)])
+          for k in stacked[0]}
 
 
-def _mean_row(pending: list[steps.Metrics]) -> dict[str, float]:
+def _mean_row(pending: list[tuple[steps.Metrics, int]]) -> dict[str, float]:
   """Means over every step of the pending dispatches."""
   return {k: float(np.mean(v)) for k, v in _per_step(pending).items()}
 

@@ -167,6 +167,20 @@ def test_train_steps_scan_equals_single_steps(gan, state, real_batch):
 
 
 @pytest.mark.slow
+def test_a_shorter_chunk_padded_to_k_runs_exactly_its_steps(gan, state, real_batch):
+  """train_steps over K batches with num_steps k < K (the one program of every shorter chunk)
+  equals the scan of the first k batches exactly; the metrics past k are zeros."""
+  chunk = np.random.default_rng(3).integers(0, 256, (3,) + real_batch.shape, dtype=np.uint8)
+  fn = jax.jit(steps.train_steps, static_argnums=0)
+  padded, metrics = fn(gan, state, chunk, jnp.int32(2))
+  scanned, expected = fn(gan, state, chunk[:2])
+  assert int(padded.step) == 2 and trees_close(padded, scanned)
+  for name, values in metrics.items():
+    assert values.shape == (3,) and float(values[2]) == 0.0
+    np.testing.assert_array_equal(values[:2], expected[name])
+
+
+@pytest.mark.slow
 def test_train_steps_gather_equals_train_steps(gan, state):
   data = np.random.default_rng(2).integers(0, 256, (10, 32, 32, 1), dtype=np.uint8)
   indices = np.array([[0, 3, 5, 9], [1, 2, 4, 8]], np.int32)
@@ -248,6 +262,7 @@ def test_variant_train_step_is_d_step_then_g_step(name):
   assert not trees_close(combined.g_params, state.g_params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["hinge", "lsgan"])
 def test_variant_d_loss_matches_a_hand_written_forward(state, real_batch, name):
   """The D step's loss is the variant's, on the logits of D's real-then-fake forward passes."""
@@ -266,6 +281,7 @@ def test_variant_d_loss_matches_a_hand_written_forward(state, real_batch, name):
   assert float(metrics["loss_d"]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_r1_penalty_in_the_d_step_is_its_weight_times_the_input_gradient_norm(state, real_batch):
   gan = _variant(r1_weight=3.0)
   _, metrics = jit_d_step(gan, state, real_batch)
@@ -280,6 +296,7 @@ def test_r1_penalty_in_the_d_step_is_its_weight_times_the_input_gradient_norm(st
   assert float(metrics["loss_d"]) == pytest.approx(float(plain["loss_d"]), rel=1e-6)  # apart
 
 
+@pytest.mark.slow
 def test_several_d_updates_per_g_update():
   """d_steps=3: three D updates (Adam's count 3), one G update, each D update on its own third
   of the images (images[j::3]): changing the first update's images changes the result."""
@@ -298,6 +315,7 @@ def test_several_d_updates_per_g_update():
     steps.train_step(_variant(d_steps=5), state, images)
 
 
+@pytest.mark.slow
 def test_spectral_norm_vectors_live_in_d_batch_stats_and_move_with_every_training_pass(
     real_batch):
   gan = _variant(spectral_norm=True, norm="none")
@@ -312,6 +330,7 @@ def test_spectral_norm_vectors_live_in_d_batch_stats_and_move_with_every_trainin
   assert trees_close(after_g.d_params, after_d.d_params)
 
 
+@pytest.mark.slow
 def test_critic_without_any_norm_has_no_d_batch_stats(real_batch):
   gan = _variant(norm="none")
   state = steps.init_train_state(gan, 0)
@@ -320,6 +339,7 @@ def test_critic_without_any_norm_has_no_d_batch_stats(real_batch):
   assert np.isfinite(metrics["loss_d"]) and not jax.tree.leaves(new.d_batch_stats)
 
 
+@pytest.mark.slow
 def test_diffaugment_changes_the_step_and_is_fixed_by_the_seed(state, real_batch):
   gan = _variant(augment=("translation", "cutout"))
   a, ma = jit_train_step(gan, state, real_batch)

@@ -39,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   # and must divide by their number.
   config.num_devices = 0
   # Iterations per jitted call (lax.scan over batches held on the device); chunks end on
-  # every log/sample/checkpoint/eval step, so each length compiles once; 1: a call per step.
+  # every log/sample/checkpoint/eval step, and the shorter ones run padded in one program of
+  # their own: two compilations at most, whatever the intervals and the resume step; 1: a call
+  # per step.
   config.steps_per_dispatch = 25
 
   # Models: the PyTorch DCGAN tutorial's topology.
