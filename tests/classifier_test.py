@@ -156,6 +156,7 @@ def test_unreadable_cached_weights_are_a_one_line_error(tmp_path, monkeypatch):
   assert "SHA-256" in str(e.value) and "delete it" in str(e.value)
 
 
+@pytest.mark.xla_default
 @pytest.mark.slow  # trains the classifier (about a minute on 2 cores)
 def test_the_build_command_makes_an_equally_accurate_classifier(tmp_path):
   result = subprocess.run([sys.executable, "-m", "dcgan_jax.classifier", "build", "--out",

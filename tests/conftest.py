@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: a tiny GAN, its state and config, tree comparison, image
 folders made on the fly."""
 
+import os
 import pathlib
 
 import jax
@@ -13,10 +14,42 @@ from dcgan_jax import device, inception, steps, train
 from dcgan_jax.models import Discriminator, Generator
 
 
+_QUICK_COMPILE = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+
+
 def pytest_configure(config):  # pylint: disable=unused-argument
   """Tests run with the default config's GPU determinism (XLA_FLAGS), set before JAX starts
-  and inherited by the subprocesses."""
+  and inherited by the subprocesses; and compiled quickly (below)."""
   device.set_deterministic(default.get_config().deterministic)
+  _compile_quickly(True)
+
+
+def _compile_quickly(quick: bool) -> None:
+  """Compiles the programs of this process and its subprocesses with XLA's backend optimization
+  off (jax_disable_most_optimizations: LLVM at -O0, about 5x less compile time) or as users'
+  programs are compiled. Forgets every program compiled the other way."""
+  if jax.config.read("jax_disable_most_optimizations") != quick:
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", quick)
+  if quick:
+    os.environ[_QUICK_COMPILE] = "1"
+  else:
+    os.environ.pop(_QUICK_COMPILE, None)
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Runs the tests marked xla_default last (in their order), so that the compilation mode
+  changes once."""
+  items[:] = ([i for i in items if not i.get_closest_marker("xla_default")] +
+              [i for i in items if i.get_closest_marker("xla_default")])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """Every test compiles quickly but those marked xla_default: facts of XLA's CPU arithmetic as
+  users' programs compute it (the golden numbers, parity with PyTorch in float32, exact resume
+  after SIGKILL). Set before the test's fixtures are made."""
+  _compile_quickly(item.get_closest_marker("xla_default") is None)
 
 
 def tiny_gan(label_smoothing: float = 0.0) -> steps.GAN:

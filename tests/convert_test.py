@@ -41,6 +41,7 @@ def _torch_pair(size: int, channels: int, seed: int, ngf: int = 8, ndf: int = 8,
   return tuple(_Tutorial(m) for m in drift.torch_pair(size, channels, seed, ngf, ndf, nz))
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize("size,channels", [(32, 1), (32, 3), (64, 1), (64, 3)])
 def test_converted_models_compute_what_pytorch_computes(size, channels):
   net_g, net_d = _torch_pair(size, channels, seed=size + channels)

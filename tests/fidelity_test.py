@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks import drift
 
-pytestmark = pytest.mark.slow  # compiles the networks and runs both libraries
+# Compiles the networks and runs both libraries; XLA's arithmetic as users' programs compute it.
+pytestmark = [pytest.mark.slow, pytest.mark.xla_default]
 
 torch = pytest.importorskip("torch")  # installed in CI (.ci/run)
 

@@ -17,9 +17,9 @@ from conftest import tiny_config
 
 # XLA's CPU float32 arithmetic: a GPU runs float32 convolutions as TF32 by default and fuses
 # otherwise, so its numbers are other (exact run to run there: steps_test, train_test).
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.xla_default, pytest.mark.skipif(  # trains a run
     jax.default_backend() != "cpu",
-    reason=f"the golden numbers are XLA CPU's arithmetic; this backend is {jax.default_backend()}")
+    reason=f"the golden numbers are XLA CPU's arithmetic; this backend is {jax.default_backend()}")]
 
 _UPDATE = ("golden numbers changed: update them only for a change meant to change results "
            "(and say so in the commit); a refactoring must keep them")

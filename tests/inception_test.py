@@ -193,6 +193,7 @@ def _torch_reference():
   return torch, FIDInception()
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize("size,channels", [(32, 1), (64, 3)])
 def test_matches_pytorch_model_with_the_same_weights(tmp_path, size, channels):
   torch, reference = _torch_reference()

@@ -81,6 +81,7 @@ def test_train_and_eval_batchnorm_differ(g32):
   assert float(jnp.max(jnp.abs(train_out - eval_out))) > 1e-3
 
 
+@pytest.mark.xla_default
 def test_batchnorm_matches_pytorch_settings(g32):
   z, g_vars = g32
   _, stats = _forward(G32, g_vars, z, True)
@@ -225,6 +226,7 @@ def trees_equal(a, b) -> bool:
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.xla_default
 def test_spectral_norm_gradient_matches_pytorch_formula():
   """sigma = u'^T W v with u' and v constant: the kernel's gradient of sigma is u' v^T (as
   PyTorch's spectral_norm differentiates it)."""
@@ -259,6 +261,7 @@ def test_unknown_critic_norm_raises():
     _init(models.Discriminator(32, ndf=8, norm="group"), jnp.zeros((2, 32, 32, 1)))
 
 
+@pytest.mark.xla_default
 def test_batch_norm_normalises_as_flax_and_averages_as_pytorch():
   torch = pytest.importorskip("torch")
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (6, 3, 3, 4)) * 2 + 0.5)

@@ -41,6 +41,7 @@ def torch_conv2d(x_BxIxHxW, w_OxIxKxK, stride, padding):
   return out
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize("impl", ["xla", "matmul", "auto"])
 @pytest.mark.parametrize("shape", [(2, 4, 4, 3, 5), (1, 8, 6, 8, 16), (3, 2, 2, 2, 1)])
 def test_conv_4x2_matches_pytorch_definition(impl, shape):
@@ -56,6 +57,7 @@ def test_conv_4x2_matches_pytorch_definition(impl, shape):
                              rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize("impl", ["xla", "phase", "matmul", "col2im", "auto"])
 @pytest.mark.parametrize("shape", [(2, 4, 4, 3, 5), (1, 5, 7, 8, 16), (3, 1, 1, 2, 1)])
 def test_conv_transpose_4x2_matches_pytorch_definition(impl, shape):
@@ -71,6 +73,7 @@ def test_conv_transpose_4x2_matches_pytorch_definition(impl, shape):
                              rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.xla_default
 def test_project_4x4_matches_pytorch_definition():
   rng = np.random.default_rng(0)
   z = rng.normal(size=(3, 10))

@@ -93,6 +93,7 @@ def _kill_during_save(proc, folder: pathlib.Path, timeout: float = 60) -> bool:
   return False
 
 
+@pytest.mark.xla_default
 def test_sigkill_anywhere_resumes_to_the_same_rows_and_state(uninterrupted, tmp_path):
   workdir = tmp_path / "killed"
   folder = workdir / "checkpoints"
@@ -122,6 +123,7 @@ def test_sigkill_anywhere_resumes_to_the_same_rows_and_state(uninterrupted, tmp_
   assert trees_close(_final_state(workdir), _final_state(uninterrupted))
 
 
+@pytest.mark.xla_default
 def test_sigterm_stops_with_a_checkpoint_then_resumes_exactly(uninterrupted, tmp_path):
   workdir = tmp_path / "stopped"
   proc = subprocess.Popen(_main(workdir, *_RUN, "--config.num_train_steps=100000"),

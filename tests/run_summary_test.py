@@ -48,6 +48,7 @@ def test_summary_of_a_stopped_run_says_how_to_resume(tmp_path, monkeypatch):
   assert text.endswith(f"    tensorboard --logdir {w}")
 
 
+@pytest.mark.slow  # trains a run
 def test_a_run_ends_with_its_summary(tmp_path, caplog):
   caplog.set_level(logging.INFO)
   config = tiny_config(4)
