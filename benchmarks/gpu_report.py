@@ -103,7 +103,8 @@ def plan(args, workdir_root: str) -> list[Stage]:
       Stage("epoch", "celeba preset, synthetic images",
             [py, os.path.join(bench, "epoch.py"), "--tmp-dir", workdir_root, *epoch], 150),
       Stage("tests", "pytest -m 'not slow'",
-            [py, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "not slow",
+            [py, "-m", "pytest", "-o", "addopts=", "-v", "-p", "no:cacheprovider", "-m",
+             "not slow",  # in one process (no pytest-xdist workers sharing the GPU)
              *args.pytest_args.split()], 600),
       Stage("sweep", f"batch {large}, float32, every form",
             t + ["--sweep", "--batch-size", str(large)], 300),

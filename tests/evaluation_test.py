@@ -166,6 +166,7 @@ def test_resumed_evaluated_run_equals_an_uninterrupted_one(evaluated_run, tmp_pa
   assert os.listdir(os.path.join(first, "best")) == os.listdir(os.path.join(workdir, "best"))
 
 
+@pytest.mark.xla_default  # its time is the Inception's work, which -O0 code does slower
 def test_run_with_the_inception_evaluator(tmp_path, monkeypatch):
   torch = pytest.importorskip("torch")
   from dcgan_jax import inception  # pylint: disable=g-import-not-at-top

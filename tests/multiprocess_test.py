@@ -79,9 +79,11 @@ def _free_port() -> int:
 def _start(tmp_path, workdir, process: str, steps: int, devices: int, *extra: str):
   env = dict(os.environ, PYTHONPATH=str(ROOT),
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  # Without conftest's shared compilation cache: a two-process run that used it hung once
-  # (each process compiling on its own is what these tests check).
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  # Two processes without conftest's shared compilation cache: a two-process run that used it
+  # hung once (each process compiling on its own is what these tests check). The one-process
+  # runs share it: the second compiles nothing.
+  if devices > 1:
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
   args = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path), process,
           str(ROOT / "main.py"), f"--workdir={workdir}", f"--config.num_train_steps={steps}",
           *_CONFIG, *extra]

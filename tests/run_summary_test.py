@@ -3,6 +3,8 @@
 import logging
 import sys
 
+import pytest
+
 from dcgan_jax import run_summary, train
 from conftest import tiny_config
 
