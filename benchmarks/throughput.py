@@ -135,7 +135,7 @@ def setup_jax(args):
   compiled, compile_s = {}, {}
   for full in kinds:
     t0 = time.perf_counter()
-    compiled[full] = jitted.lower(gan, state, images, None if full else np.int32(1)).compile()
+    compiled[full] = jitted.lower(gan, state, images, count(most if full else 1)).compile()
     compile_s[full] = time.perf_counter() - t0
   box = {"state": state}
 

@@ -154,10 +154,11 @@ def _isolated_cache_dir(tmp_path_factory):
   subprocesses (main.py runs, benchmarks) share one JAX compilation cache, new for the
   session (and shared by pytest-xdist's workers), so that the same program is compiled once
   rather than by every process."""
-  xla_cache = tmp_path_factory.mktemp("xla_cache")
   if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' temp folders share a parent
     xla_cache = tmp_path_factory.getbasetemp().parent / "xla_cache"
     xla_cache.mkdir(exist_ok=True)
+  else:
+    xla_cache = tmp_path_factory.mktemp("xla_cache")
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     patch.setenv("JAX_COMPILATION_CACHE_DIR", str(xla_cache))

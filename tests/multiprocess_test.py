@@ -82,7 +82,7 @@ def _start(tmp_path, workdir, process: str, steps: int, devices: int, *extra: st
   # Two processes without conftest's shared compilation cache: a two-process run that used it
   # hung once (each process compiling on its own is what these tests check). The one-process
   # runs share it: the second compiles nothing.
-  if devices > 1:
+  if "--num_processes=2" in extra:
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
   args = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path), process,
           str(ROOT / "main.py"), f"--workdir={workdir}", f"--config.num_train_steps={steps}",

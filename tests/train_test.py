@@ -59,16 +59,19 @@ def test_resumed_run_continues_and_equals_an_uninterrupted_run(six_step_run, tmp
   assert untimed(rows) == untimed(metrics.read_metrics(str(tmp_path / "straight" / "metrics.csv")))
 
 
-@pytest.mark.parametrize("field,value", [("data_on_device", True), ("steps_per_dispatch", 2)])
-def test_feeding_options_give_the_same_run(six_step_run, tmp_path, field, value):
+@pytest.mark.parametrize("fields", [dict(data_on_device=True), dict(steps_per_dispatch=2),
+                                    dict(data_on_device=True, steps_per_dispatch=2)])
+def test_feeding_options_give_the_same_run(six_step_run, tmp_path, fields):
   workdir, one_per_dispatch = six_step_run
   config = tiny_config(6)
-  config[field] = value
-  programs = train._train_steps._cache_size()  # pylint: disable=protected-access
+  config.update(fields)
+  # pylint: disable-next=protected-access
+  jitted = train._train_steps_gather if config.data_on_device else train._train_steps
+  programs = jitted._cache_size()  # pylint: disable=protected-access
   other = train.train_and_evaluate(config, str(tmp_path))
-  if field == "steps_per_dispatch":  # chunks of 2, 1, 1 and 2 steps: the scan of 2 steps and
+  if config.steps_per_dispatch == 2:  # chunks of 2, 1, 1 and 2 steps: the scan of 2 steps and
     # the padded program of the shorter ones, not a program for each length
-    assert train._train_steps._cache_size() - programs == 2  # pylint: disable=protected-access
+    assert jitted._cache_size() - programs == 2  # pylint: disable=protected-access
   for a, b in zip(jax.tree.leaves(jax.device_get(other)),
                   jax.tree.leaves(jax.device_get(one_per_dispatch))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
