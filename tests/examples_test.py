@@ -30,6 +30,7 @@ def _text(outputs: list[dict]) -> str:
 
 def test_quickstart_trains_shows_samples_and_measures(tmp_path, monkeypatch):
   monkeypatch.setenv("DCGAN_JAX_QUICKSTART_STEPS", "30")
+  monkeypatch.setenv("DCGAN_JAX_QUICKSTART_SAMPLES", "200")  # each of its 4 evaluations
   outputs = _run("quickstart.ipynb", tmp_path)
   assert _pngs(outputs) == 5  # the grid, the losses, the quality curve, a sample, a strip
   text = _text(outputs)

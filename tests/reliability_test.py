@@ -197,18 +197,16 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_used(folder
   assert _untimed_rows(workdir)[:2] == rows_before
 
 
-# Each GAN variant of the paper's DCGAN (the default without R1) with settings of its own
-# (resume must hold for the state each one adds: spectral norm's vectors, the critic's
-# LayerNorm, several D updates, the augmentation's keys); the default's R1 is _RUN's.
-_DCGAN = {"r1_weight": 0.0}
+# The state each GAN variant adds, through a SIGKILL and a resume: spectral norm's vectors, the
+# critic's LayerNorm and several D updates, the augmentation's keys (the losses add none; each
+# runs with one of them), each without R1. The default's (R1, BatchNorm, one D update) is
+# _RUN's.
+_NO_R1 = {"r1_weight": 0.0}
 _VARIANTS = {
-    "dcgan": _DCGAN,
-    "hinge": {**_DCGAN, "loss": "hinge"},
-    "lsgan": {**_DCGAN, "loss": "lsgan"},
-    "wgan_gp": {**_DCGAN, "loss": "wgan_gp", "d_steps_per_g_step": 2, "adam_b1": 0.0,
+    "hinge_spectral_norm": {**_NO_R1, "loss": "hinge", "spectral_norm": True, "d_norm": "none"},
+    "lsgan_diffaugment": {**_NO_R1, "loss": "lsgan", "diffaugment": "color,translation,cutout"},
+    "wgan_gp": {**_NO_R1, "loss": "wgan_gp", "d_steps_per_g_step": 2, "adam_b1": 0.0,
                 "adam_b2": 0.9},
-    "spectral_norm": {**_DCGAN, "spectral_norm": True, "d_norm": "none"},
-    "diffaugment": {**_DCGAN, "diffaugment": "color,translation,cutout"},
 }
 
 
