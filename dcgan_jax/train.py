@@ -126,7 +126,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
         "ngf and ndf (config.compute_dtype='bfloat16' halves the activations)"):
       for num_steps, batch in prefetcher:
         doing[0] = (f"at training step {done + 1} (config.batch_size {config.batch_size} of "
-                    f"{shape} images, {num_steps} steps per call)")
+                    f"{shape} images, {num_steps} step{'s' * (num_steps != 1)} per call)")
         state, step_metrics = run(state, batch)
         done += num_steps
         rows.add(step_metrics, num_steps, done)

@@ -163,6 +163,9 @@ def _isolated_cache_dir(tmp_path_factory):
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     patch.setenv("JAX_COMPILATION_CACHE_DIR", str(xla_cache))
     patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # This process's programs too: a program that a worker or a subprocess compiled is read.
+    jax.config.update("jax_compilation_cache_dir", str(xla_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield
 
 
