@@ -139,6 +139,13 @@ def init_train_state(gan: GAN, seed: int,
       gan, jax.random.PRNGKey(seed))
 
 
+def compile_init(gan: GAN, sharding: jax.sharding.Sharding | None = None) -> None:
+  """Compiles init_train_state's program for gan and sharding (any seed) without running it:
+  init_train_state then runs it at once."""
+  jax.jit(create_train_state, static_argnums=0, out_shardings=sharding).lower(
+      gan, jax.random.PRNGKey(0)).compile()
+
+
 def abstract_train_state(gan: GAN) -> TrainState:
   """Returns the shapes and dtypes of a TrainState, computed without running anything."""
   return jax.eval_shape(functools.partial(create_train_state, gan), jax.random.PRNGKey(0))

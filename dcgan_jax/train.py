@@ -39,9 +39,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   if warning:
     logging.warning("%s", warning)
   gan = steps.gan_from_config(config, mesh)
+  init_compiled = _compile_init_meanwhile(gan, mesh, workdir)
   evaluator = None
-  if evaluation.enabled(config):  # built before anything is written: it can fail
-    evaluator = evaluation.DuringTraining(config, data, gan, workdir)
+  try:
+    if evaluation.enabled(config):  # built before anything is written: it can fail
+      evaluator = evaluation.DuringTraining(config, data, gan, workdir)
+  finally:
+    if init_compiled is not None:
+      init_compiled.join()
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(workdir),
                                  max_to_keep=config.max_checkpoints_to_keep or None)
   t0 = time.perf_counter()
@@ -83,6 +88,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     _log_summary(workdir, ended, start, int(state.step), total, time.perf_counter() - t0,
                  evaluator)
   return state
+
+
+def _compile_init_meanwhile(gan: steps.GAN, mesh: jax.sharding.Mesh,
+                            workdir: str) -> threading.Thread | None:
+  """Compiles a new run's initialisation in a thread while the evaluator measures the real
+  images (XLA compiles outside the GIL): on 2 CPU cores the first row comes seconds sooner. A
+  workdir with checkpoints restores instead; a failure here is met again, and said, when
+  init_train_state compiles the program itself."""
+  def compile_init():
+    try:
+      steps.compile_init(gan, parallel.replicated(mesh))
+    except Exception:  # pylint: disable=broad-except
+      pass
+  folder = workdir_lib.checkpoint_dir(workdir)
+  try:
+    if os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder)):
+      return None
+  except OSError:  # restoring says what is wrong with the folder
+    return None
+  thread = threading.Thread(target=compile_init, name="compile_init")
+  thread.start()
+  return thread
 
 
 def _log_summary(workdir: str, ended: str, start: int, done: int, total: int, seconds: float,

@@ -150,10 +150,10 @@ def real_batch() -> np.ndarray:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache_dir(tmp_path_factory):
-  """Decoded-image caches of the tests (and their subprocesses) go to a temp folder; the
-  subprocesses (main.py runs, benchmarks) share one JAX compilation cache, new for the
-  session (and shared by pytest-xdist's workers), so that the same program is compiled once
-  rather than by every process."""
+  """Decoded-image caches of the tests (and their subprocesses) go to a temp folder; the tests
+  and their subprocesses (main.py runs, benchmarks) share one JAX compilation cache, new for
+  the session (and shared by pytest-xdist's workers), so that the same program is compiled
+  once rather than by every process."""
   if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' temp folders share a parent
     xla_cache = tmp_path_factory.getbasetemp().parent / "xla_cache"
     xla_cache.mkdir(exist_ok=True)
@@ -163,7 +163,7 @@ def _isolated_cache_dir(tmp_path_factory):
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     patch.setenv("JAX_COMPILATION_CACHE_DIR", str(xla_cache))
     patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    # This process's programs too: a program that a worker or a subprocess compiled is read.
+    # This process's programs too (JAX read the variables above when it was imported).
     jax.config.update("jax_compilation_cache_dir", str(xla_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield

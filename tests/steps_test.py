@@ -136,6 +136,30 @@ def test_same_seed_same_state_other_seed_differs(gan, real_batch):
   assert trees_close(a, b)
 
 
+def test_compile_init_leaves_init_train_state_nothing_to_compile():
+  """The program compile_init compiles (without running it) is init_train_state's, for any
+  seed: init_train_state then asks for no compilation and gives the same state."""
+  gan = dataclasses.replace(tiny_gan(), nz=24)  # a program of this test's own
+  asked = []
+  def on_event(name, *args, **kwargs):  # pylint: disable=unused-argument
+    if "backend_compile" in name or "compilation_cache" in name:  # XLA's or the cache's
+      asked.append(name)
+  jax.monitoring.register_event_listener(on_event)
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    steps.compile_init(gan)
+    compiled = len(asked)
+    state = steps.init_train_state(gan, 7)
+    asked_by_init = len(asked) - compiled
+  finally:
+    jax.monitoring.unregister_event_listener(on_event)
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert compiled >= 1 and asked_by_init == 0, asked[compiled:]
+  assert trees_close(state, jax.jit(steps.create_train_state, static_argnums=0)(
+      gan, jax.random.PRNGKey(7)))
+  assert not trees_close(state.g_params, steps.init_train_state(gan, 8).g_params)
+
+
 def test_generate_bn_modes(gan, state):
   z = jax.random.normal(jax.random.PRNGKey(9), (4, 16))
   generate = jax.jit(steps.generate, static_argnums=(0, 3))

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dcgan_jax.configs import celeba
-from dcgan_jax import metrics, train
+from dcgan_jax import metrics, steps, train
 from conftest import make_image_folder, tiny_config, trees_close
 
 pytestmark = pytest.mark.slow  # trains runs
@@ -57,6 +58,24 @@ def test_resumed_run_continues_and_equals_an_uninterrupted_run(six_step_run, tmp
   untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
                           for r in rows]
   assert untimed(rows) == untimed(metrics.read_metrics(str(tmp_path / "straight" / "metrics.csv")))
+
+
+def test_a_new_run_compiles_its_initialisation_in_a_thread_and_a_resumed_one_does_not(
+    six_step_run, tmp_path, monkeypatch):
+  """A new workdir's initialisation compiles in a thread beside the evaluator's work; its
+  failure there changes nothing (init_train_state compiles the program itself). A workdir with
+  checkpoints restores and compiles none."""
+  threads = []
+  def failing_compile_init(gan, sharding):  # pylint: disable=unused-argument
+    threads.append(threading.current_thread().name)
+    raise RuntimeError("no compiler here")
+  monkeypatch.setattr(steps, "compile_init", failing_compile_init)
+  state = train.train_and_evaluate(tiny_config(2), str(tmp_path / "new"))
+  assert int(state.step) == 2 and threads == ["compile_init"]
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(six_step_run[0], workdir)
+  assert int(train.train_and_evaluate(tiny_config(7), workdir).step) == 7
+  assert threads == ["compile_init"]
 
 
 @pytest.mark.parametrize("fields", [dict(data_on_device=True), dict(steps_per_dispatch=2),
