@@ -1,7 +1,8 @@
 """Crafted `.pth` files against the reader, each through `python -m dcgan_jax.convert import`
 (run as `-m` runs it, one file after another in one interpreter) under a memory limit: exit
-status 2, one line naming the problem, nothing written, bounded peak memory. Code-running pickles in every opcode form, look-alike names, tensors outside
-their storage, expansion, decompression and pickle bombs, truncated and corrupted files."""
+status 2, one line naming the problem, nothing written, bounded peak memory. Code-running
+pickles in every opcode form, look-alike names, tensors outside their storage, expansion,
+decompression and pickle bombs, truncated and corrupted files."""
 
 import copyreg
 import json
@@ -244,7 +245,7 @@ print(json.dumps(results))
 
 def _import_each(files: dict[str, tuple[pathlib.Path, pathlib.Path]]) -> tuple[dict, str]:
   """{name: (exit status, stdout, stderr, peak RSS so far)} of `convert import` of each
-  (net_g, workdir), and the interpreter's own stderr."""
+  (net_g, workdir), and all that the interpreter printed besides (stdout and stderr)."""
   args = [[name, str(net_g), str(workdir)] for name, (net_g, workdir) in files.items()]
   status, out, err, _ = _run_limited(_IMPORT_EACH, json.dumps(args))
   assert status == 0, err[-3000:]
