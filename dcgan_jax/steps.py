@@ -131,19 +131,23 @@ def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
       g_ema_params=g_vars["params"] if gan.g_ema_decay > 0 else None)
 
 
+def _init_program(sharding: jax.sharding.Sharding | None):
+  """create_train_state compiled as one program (eager init compiles every op), its arrays
+  placed with `sharding`."""
+  return jax.jit(create_train_state, static_argnums=0, out_shardings=sharding)
+
+
 def init_train_state(gan: GAN, seed: int,
                      sharding: jax.sharding.Sharding | None = None) -> TrainState:
-  """Runs create_train_state compiled as one program (eager init compiles every op), its arrays
-  placed with `sharding` (e.g. replicated over every process's devices)."""
-  return jax.jit(create_train_state, static_argnums=0, out_shardings=sharding)(
-      gan, jax.random.PRNGKey(seed))
+  """Runs create_train_state compiled as one program, its arrays placed with `sharding` (e.g.
+  replicated over every process's devices)."""
+  return _init_program(sharding)(gan, jax.random.PRNGKey(seed))
 
 
 def compile_init(gan: GAN, sharding: jax.sharding.Sharding | None = None) -> None:
   """Compiles init_train_state's program for gan and sharding (any seed) without running it:
   init_train_state then runs it at once."""
-  jax.jit(create_train_state, static_argnums=0, out_shardings=sharding).lower(
-      gan, jax.random.PRNGKey(0)).compile()
+  _init_program(sharding).lower(gan, jax.random.PRNGKey(0)).compile()
 
 
 def abstract_train_state(gan: GAN) -> TrainState:

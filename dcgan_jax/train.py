@@ -101,9 +101,8 @@ def _compile_init_meanwhile(gan: steps.GAN, mesh: jax.sharding.Mesh,
       steps.compile_init(gan, parallel.replicated(mesh))
     except Exception:  # pylint: disable=broad-except
       pass
-  folder = workdir_lib.checkpoint_dir(workdir)
   try:
-    if os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder)):
+    if checkpoint.step_numbers(workdir_lib.checkpoint_dir(workdir)):
       return None
   except OSError:  # restoring says what is wrong with the folder
     return None

@@ -197,9 +197,13 @@ _LIMITED = """
 import atexit, os, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
 
-def report_peak():  # this process's own high-water mark (getrusage would count the parent's)
-  with open("/proc/self/status") as status, open(os.environ["PEAK_FILE"], "w") as out:
-    out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+def peak():  # this process's own high-water mark in bytes (getrusage would count the parent's)
+  with open("/proc/self/status") as status:
+    return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) * 1024
+
+def report_peak():
+  with open(os.environ["PEAK_FILE"], "w") as out:
+    out.write(str(peak()))
 
 atexit.register(report_peak)
 sys.argv = sys.argv[1:]
@@ -214,17 +218,15 @@ def _run_limited(code: str, *args: str) -> tuple[int, str, str, int]:
     out = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=MEMORY_LIMIT), code, *args],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PEAK_FILE": peak.name})
-    return out.returncode, out.stdout, out.stderr, int(pathlib.Path(peak.name).read_text()) * 1024
+    return out.returncode, out.stdout, out.stderr, int(pathlib.Path(peak.name).read_text())
 
 
 # Every file in turn through `python -m dcgan_jax.convert import`, as runpy runs it, in this
-# one limited interpreter: each file's status, stdout, stderr and the peak RSS so far (the
-# high-water mark only grows, so each file's own peak is at most what is recorded for it).
+# one limited interpreter (_LIMITED's, with its peak()): each file's status, stdout, stderr and
+# the peak RSS so far (the high-water mark only grows, so each file's own peak is at most what
+# is recorded for it).
 _IMPORT_EACH = """
 import contextlib, io, json, runpy, sys, traceback
-def peak():
-  with open("/proc/self/status") as status:
-    return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) * 1024
 results = {}
 for name, net_g, workdir in json.loads(sys.argv[1]):
   out, err = io.StringIO(), io.StringIO()
