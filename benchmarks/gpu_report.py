@@ -1,16 +1,25 @@
 """The GPU report: every figure of a GPU measurement, in one command, within a time budget.
 
-  python benchmarks/gpu_report.py --out gpu_report.jsonl     # about 8 minutes on one H100/H200
+  python benchmarks/gpu_report.py --out gpu_report.jsonl     # 9 minutes at most (--budget-s)
 
 Stages, each command in its own process, in this order (--stages picks some):
-  throughput  benchmarks/throughput.py at 64x64x3, ngf = ndf = 64: batch 128 and 1024 in float32
-              (dcgan-jax, PyTorch eager and torch.compile where torch is installed), in bfloat16
-              (dcgan-jax), and batch 1024 with config.deterministic False (what determinism costs)
-  default     the embedded default end to end (`python main.py` in a new workdir): wall time and
-              its final and best classifier FIDs, G and its EMA
-  epoch       benchmarks/epoch.py: one epoch of 202,599 synthetic 64x64x3 images, twice
-  tests       the fast tests (`pytest -m "not slow"`) on this machine's JAX backend
-  sweep       benchmarks/throughput.py --sweep at batch 1024: every upconv x downconv form
+  throughput   benchmarks/throughput.py at 64x64x3, ngf = ndf = 64: batch 128 and 1024 in
+               float32 (dcgan-jax, PyTorch eager and torch.compile where torch is installed)
+  hlo          benchmarks/hlo.py: one training step's optimized HLO with G's `vjp` and `xla`
+               forms, written beside --out, and whether cuDNN's backward-data and
+               backward-filter convolutions appear in it
+  determinism  benchmarks/determinism.py at batch 128 and 1024, float32 and bfloat16: dcgan-jax
+               with config.deterministic on, off, and off with autotuning pinned (read from a
+               file written by a process before), two fresh processes each; their speed and
+               whether their states agree bit for bit after 50 steps
+  sweep        benchmarks/throughput.py --sweep at batch 1024: every upconv x downconv form
+  default      the embedded default end to end (`python main.py` in a new workdir): wall time and
+               its final and best classifier FIDs, G and its EMA
+  epoch        benchmarks/epoch.py: one epoch of 202,599 synthetic 64x64x3 images, twice
+  tests        the fast tests (`pytest -m "not slow"`) on this machine's JAX backend
+All the stages take longer than one call of 10 minutes (estimated from the H200's compile and
+step times: throughput, hlo and determinism about 9 minutes): what the budget skips says so in
+its line, and `--stages sweep,default,epoch,tests` measures the rest in a call of its own.
 
 Every JSON line of every stage goes to --out with its "stage"; a command that fails, or is
 stopped when the budget runs out, leaves a line saying so, and the report goes on. At the
@@ -35,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("throughput", "default", "epoch", "tests", "sweep")
+STAGES = ("throughput", "hlo", "determinism", "sweep", "default", "epoch", "tests")
 # What the stages import beyond the Python standard library (module: pip name).
 NEEDED = {"jax": "jax", "flax": "flax", "optax": "optax", "orbax.checkpoint": "orbax-checkpoint",
           "ml_collections": "ml-collections", "absl": "absl-py", "numpy": "numpy",
@@ -66,14 +75,15 @@ def missing_modules() -> list[str]:
   return missing
 
 
-def plan(args, workdir_root: str) -> list[Stage]:
-  """The stages' commands, full size or (--tiny) on tiny models."""
+def plan(args, workdir_root: str, hlo_dir: str) -> list[Stage]:
+  """The stages' commands, full size or (--tiny) on tiny models; the hlo stage writes its
+  files into hlo_dir."""
   py, bench = sys.executable, os.path.join(ROOT, "benchmarks")
   throughput = [py, os.path.join(bench, "throughput.py")]
   if args.tiny:
     model = ["--image-size", "32", "--channels", "1", "--ngf", "4", "--ndf", "4"]
     timing = ["--steps", "2", "--windows", "2", "--warmup", "2", "--steps-per-dispatch", "2"]
-    small, large, impls = 4, 8, "jax,torch-eager"
+    small, large, impls, hash_steps = 4, 8, "jax,torch-eager", "4"
     epoch = ["--num-images", "200", "--image-size", "32", "--channels", "1", "--batch-size",
              "16", "--ngf", "4", "--ndf", "4", "--steps-per-dispatch", "4"]
     default = ["--config.num_train_steps=4", "--config.ngf=4", "--config.ndf=4",
@@ -83,21 +93,24 @@ def plan(args, workdir_root: str) -> list[Stage]:
   else:  # one compiled length per process: warm-up and windows in whole calls of 25 steps
     model = ["--image-size", "64", "--channels", "3", "--ngf", "64", "--ndf", "64"]
     timing = ["--steps", "25", "--windows", "3", "--warmup", "25", "--steps-per-dispatch", "25"]
-    small, large, impls, epoch, default = 128, 1024, "all", [], []
+    small, large, impls, hash_steps, epoch, default = 128, 1024, "all", "50", [], []
   t = throughput + model + timing
+  # the hashed steps from the fresh state warm each process up
+  hashed = [py, os.path.join(bench, "determinism.py"), *model, *timing, "--warmup", "0",
+            "--hash-steps", hash_steps]
   stages = [
       Stage("throughput", f"batch {small}, float32", t + ["--impl", impls, "--batch-size",
                                                           str(small)], 150),
       Stage("throughput", f"batch {large}, float32", t + ["--impl", impls, "--batch-size",
                                                           str(large)], 150),
-      Stage("throughput", f"batch {small}, bfloat16", t + ["--impl", "jax", "--batch-size",
-                                                           str(small), "--compute-dtype",
-                                                           "bfloat16"], 60),
-      Stage("throughput", f"batch {large}, bfloat16", t + ["--impl", "jax", "--batch-size",
-                                                           str(large), "--compute-dtype",
-                                                           "bfloat16"], 60),
-      Stage("throughput", f"batch {large}, float32, deterministic off",
-            t + ["--impl", "jax", "--batch-size", str(large), "--deterministic", "0"], 60),
+      Stage("hlo", f"batch {small}, float32, one training step",
+            [py, os.path.join(bench, "hlo.py"), *model, "--batch-size", str(small),
+             "--upconv-impls", "vjp,xla", "--out-dir", hlo_dir], 90),
+      *[Stage("determinism", f"batch {batch}, {dtype}",
+              hashed + ["--batch-size", str(batch), "--compute-dtype", dtype], 150)
+        for batch in (small, large) for dtype in ("float32", "bfloat16")],
+      Stage("sweep", f"batch {large}, float32, every form",
+            t + ["--sweep", "--batch-size", str(large)], 300),
       Stage("default", "python main.py", [py, os.path.join(ROOT, "main.py"), "--workdir",
                                           os.path.join(workdir_root, "default"), *default], 150),
       Stage("epoch", "celeba preset, synthetic images",
@@ -106,8 +119,6 @@ def plan(args, workdir_root: str) -> list[Stage]:
             [py, "-m", "pytest", "-o", "addopts=", "-v", "-p", "no:cacheprovider", "-m",
              "not slow",  # in one process (no pytest-xdist workers sharing the GPU)
              *args.pytest_args.split()], 600),
-      Stage("sweep", f"batch {large}, float32, every form",
-            t + ["--sweep", "--batch-size", str(large)], 300),
   ]
   return [s for s in stages if s.name in args.stages]
 
@@ -213,13 +224,29 @@ def describe(line: dict) -> tuple[str, str]:
   if "error" in line or "skipped" in line:
     return f"{what} {line.get('impl', '')}".strip(), line.get("error") or line["skipped"]
   stage = line["stage"]
-  if stage in ("throughput", "sweep"):
+  if stage == "determinism" and "bitwise_equal" in line:
+    equal = {True: "yes", False: "NO", None: "unknown"}[line["bitwise_equal"]]
+    return (f"{what}: {line['mode']}, 2 fresh processes",
+            f"bitwise equal after the hashed steps: {equal}; "
+            f"{_fmt(line['mean_ms_per_step'])} ms per step (mean)")
+  if stage == "hlo":
+    targets = ", ".join(f"{k} x{v}" for k, v in line["custom_call_targets"].items()) or "none"
+    return (f"{what}: {line['upconv_impl']}/{line['downconv_impl']}",
+            f"backward-input {'yes' if line['cudnn_backward_input'] else 'no'}, backward-filter "
+            f"{'yes' if line['cudnn_backward_filter'] else 'no'}; custom calls: {targets}; "
+            f"{line['dilated_input_convolutions']} convolutions over a dilated input, "
+            f"{line['interior_padded_pads']} interior-padded pads")
+  if stage in ("throughput", "sweep", "determinism"):
     forms = (f"{line['upconv_impl']}/{line['downconv_impl']}" if line["impl"] == "jax"
              else "")
+    if stage == "determinism":
+      forms += f", {line['mode']}, process {line['process']}"
     cell = (f"{_fmt(line['ms_per_step'])} ms, {_fmt(line['images_per_s'], 0)} img/s, "
             f"{_fmt(line['achieved_tflops'], 1)} TFLOP/s")
     if line.get("flop_fraction") is not None:
       cell += f" ({line['flop_fraction']:.1%} of {line['peak_tflops']:g})"
+    if line.get("state_sha256"):
+      cell += f"; state {line['state_sha256'][:12]} after {line['hash_steps']} steps"
     return f"{what}: {line['impl']} {forms}".strip(), cell
   if stage == "epoch":
     return (f"{what}, repeat {line['repeat']} ({line['num_images']:,} images)",
@@ -252,7 +279,9 @@ def table(lines: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="gpu_report.jsonl", help="every JSON line goes here")
-  parser.add_argument("--budget-s", type=float, default=480,
+  parser.add_argument("--hlo-dir", default="",
+                      help="where the hlo stage's files go (default: beside --out)")
+  parser.add_argument("--budget-s", type=float, default=540,
                       help="seconds for all stages; a stage is stopped when they run out")
   parser.add_argument("--stages", default=",".join(STAGES),
                       help=f"a comma-separated subset of {', '.join(STAGES)}")
@@ -271,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"this Python lacks {', '.join(missing)}: pip install {' '.join(missing)} "
                  "(offline: from wheels brought along, with --no-index --find-links DIR)")
 
+  hlo_dir = args.hlo_dir or os.path.splitext(args.out)[0] + "_hlo"
   deadline = time.monotonic() + args.budget_s
   root = tempfile.mkdtemp(prefix="dcgan_jax_gpu_report_")
   env = dict(os.environ, PYTHONUNBUFFERED="1",
@@ -281,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     with open(args.out, "w") as out:
       out.write(json.dumps(lines[0]) + "\n")
-      for stage in plan(args, root):
+      for stage in plan(args, root, hlo_dir):
         left = deadline - time.monotonic()
         if left < 5:
           stage.lines = [{"stage": stage.name, "setting": stage.setting,

@@ -125,11 +125,18 @@ def main() -> None:
   counts = [int(n) for n in args.devices.split(",")]
   if counts[0] != 1:
     parser.error("--devices must start with 1 (the reference run)")
+  if args.fake:
+    from dcgan_jax import device  # pylint: disable=g-import-not-at-top
+    from dcgan_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
+    try:
+      device.require_xla_flags([f"{device.HOST_DEVICES_FLAG}={max(counts)}"], "--fake")
+    except UsageError as e:
+      parser.error(str(e))
   reference = None
   for n in counts:
     env = dict(os.environ)
     if args.fake:
-      env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+      env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {device.HOST_DEVICES_FLAG}={n}"
       env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:],
                           "--child", str(n)], stdout=subprocess.PIPE, text=True, env=env,

@@ -13,12 +13,15 @@ without its lines. dcgan-jax runs as its training loop does, steps_per_dispatch 
 per jitted call (reported). Several implementations run one after the other, each in its
 own process; --rounds repeats that sequence (a "round" field tells which). --sweep times
 every exact form of G's and D's strided convolutions (upconv x downconv), one line each.
+--hash-steps N first trains N steps from the seed-0 state and adds state_sha256, a hash of the
+whole training state then (benchmarks/determinism.py compares it between fresh processes).
 
   python benchmarks/throughput.py --impl all --image-size 64 --batch-size 128 --steps 25
   python benchmarks/throughput.py --sweep --image-size 64 --batch-size 1024 --steps 25
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -69,7 +72,7 @@ def xla_gflop_per_step(args) -> float | None:
 
     from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
 
-    gan = _jax_gan(args, upconv_impl="xla", downconv_impl="xla")
+    gan = jax_gan(args, upconv_impl="xla", downconv_impl="xla")
     images = jax.ShapeDtypeStruct((args.batch_size, args.image_size, args.image_size,
                                    args.channels), jnp.uint8)
     lowered = jax.jit(steps.train_step, static_argnums=0).lower(
@@ -82,7 +85,18 @@ def xla_gflop_per_step(args) -> float | None:
   return flops / 1e9 if isinstance(flops, (int, float)) and flops > 0 else None
 
 
-def _jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32"):
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+  """The model and batch flags (64x64x3, ngf = ndf = 64, batch 128 unless given)."""
+  parser.add_argument("--image-size", type=int, default=64)
+  parser.add_argument("--channels", type=int, default=3)
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--ngf", type=int, default=64)
+  parser.add_argument("--ndf", type=int, default=64)
+  parser.add_argument("--nz", type=int, default=100)
+
+
+def jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32"):
+  """The GAN of the model flags (add_model_flags) with the given forms and compute dtype."""
   from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
   from dcgan_jax.models import Discriminator, Generator  # pylint: disable=g-import-not-at-top
 
@@ -98,6 +112,19 @@ def _window_ms(run_steps, sync, steps: int) -> float:
   run_steps(steps)
   sync()
   return (time.perf_counter() - t0) / steps * 1000
+
+
+def state_sha256(state) -> str:
+  """SHA-256 of every leaf of a pytree (its dtype, shape and bytes, in tree order)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(state):
+    array = np.asarray(leaf)
+    digest.update(f"{array.dtype}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
 
 
 def default_config():
@@ -119,7 +146,7 @@ def setup_jax(args):
 
   from dcgan_jax import input_pipeline, steps  # pylint: disable=g-import-not-at-top
 
-  gan = _jax_gan(args, args.upconv_impl, args.downconv_impl, args.compute_dtype)
+  gan = jax_gan(args, args.upconv_impl, args.downconv_impl, args.compute_dtype)
   state = steps.init_train_state(gan, 0)
   batch = np.random.default_rng(0).integers(
       0, 256, (args.batch_size, args.image_size, args.image_size, args.channels), np.uint8)
@@ -127,8 +154,8 @@ def setup_jax(args):
   plan = lambda n: list(input_pipeline.plan_chunks(0, n, most, ()))  # noqa: E731
   # Calls of `most` steps (a scan of that length) and, for a shorter remainder, the padded
   # program that runs any count below it (train_steps' num_steps), as the loop makes them.
-  kinds = sorted({k == most for n in (args.steps, args.warmup) for _, k in plan(n)},
-                 reverse=True)  # full calls first
+  kinds = sorted({k == most for n in (args.steps, args.warmup, args.hash_steps)
+                  for _, k in plan(n)}, reverse=True)  # full calls first
   images = jax.device_put(np.broadcast_to(batch, (most, *batch.shape)))
   count = lambda k: None if k == most else np.int32(k)  # noqa: E731
   jitted = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
@@ -149,6 +176,11 @@ def setup_jax(args):
   def sync():
     jax.block_until_ready(box["state"])
 
+  hashed = {}
+  if args.hash_steps:  # from the fresh state, before any other step
+    run_steps(args.hash_steps)
+    sync()
+    hashed = {"hash_steps": args.hash_steps, "state_sha256": state_sha256(box["state"])}
   run_steps(args.warmup)
   for full in set(kinds) - {k == most for _, k in plan(args.warmup)}:  # each program runs once
     call(most if full else 1)
@@ -163,7 +195,7 @@ def setup_jax(args):
             "steps_per_dispatch": max(k for _, k in plan(args.steps)),
             "compile_s": round(compile_s[kinds[0]], 2),
             "peak_memory_bytes": stats.get("peak_bytes_in_use"),
-            "versions": {"jax": jax.__version__}}
+            "versions": {"jax": jax.__version__}, **hashed}
   return run_steps, sync, info
 
 
@@ -262,12 +294,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--impl", default="all",
                       help=f"'all' or a comma-separated list of {', '.join(IMPLS)}")
-  parser.add_argument("--image-size", type=int, default=64)
-  parser.add_argument("--channels", type=int, default=3)
-  parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--ngf", type=int, default=64)
-  parser.add_argument("--ndf", type=int, default=64)
-  parser.add_argument("--nz", type=int, default=100)
+  add_model_flags(parser)
   parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
   parser.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
   parser.add_argument("--rounds", type=int, default=1,
@@ -285,6 +312,9 @@ def main() -> None:
   parser.add_argument("--deterministic", type=int, choices=(0, 1), default=None,
                       help="jax: XLA's deterministic GPU kernels, as config.deterministic "
                            "(default: configs/default.py's value)")
+  parser.add_argument("--hash-steps", type=int, default=0,
+                      help="jax: train this many steps from the fresh state first and report "
+                           "state_sha256, a hash of the whole state after them")
   parser.add_argument("--sweep", action="store_true",
                       help="jax: every upconv x downconv form (not auto), each in its own "
                            "process, one JSON line each: which forms win on this device")
@@ -294,6 +324,8 @@ def main() -> None:
 
   if args.steps_per_dispatch < 0:
     parser.error(f"--steps-per-dispatch {args.steps_per_dispatch} must be >= 0")
+  if args.hash_steps < 0:
+    parser.error(f"--hash-steps {args.hash_steps} must be >= 0")
   if args.peak_tflops < 0:
     parser.error(f"--peak-tflops {args.peak_tflops} must be >= 0 (0: the known GPUs' peaks)")
   impls = IMPLS if args.impl == "all" else tuple(args.impl.split(","))

@@ -3,13 +3,20 @@ JAX on a machine with a GPU, XLA's deterministic GPU algorithms (config.determin
 running out of its memory (one line naming what ran out and what to lower).
 
 XLA reads its flags once, when JAX starts its backends: the determinism setting goes into
-XLA_FLAGS before that, or it cannot take effect in this process.
+XLA_FLAGS before that, or it cannot take effect in this process. XLA ends the process on a
+flag it does not know, so every flag the project puts there is first tried on the installed
+jaxlib (`require_xla_flags`).
 """
 
 import contextlib
+import importlib.metadata
+import json
 import os
 import re
-from collections.abc import Callable
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
 
 import jax
 from jax._src import xla_bridge
@@ -17,6 +24,18 @@ from jax._src import xla_bridge
 from dcgan_jax.errors import UsageError
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+# Pinned GPU autotuning (benchmarks/gpu_report.py): one process writes the algorithms XLA's
+# autotuner picked, later processes take them from that file instead of measuring again.
+AUTOTUNE_DUMP_FLAG = "--xla_gpu_dump_autotune_results_to"
+AUTOTUNE_LOAD_FLAG = "--xla_gpu_load_autotune_results_from"
+AUTOTUNE_COMPLETE_FLAG = "--xla_gpu_require_complete_aot_autotune_results"  # none measured anew
+# N CPU devices in one process (benchmarks/scaling.py, the tests of sharding).
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+# Every flag the project writes into XLA_FLAGS, anywhere (a run, the benchmarks, the report).
+PROJECT_XLA_FLAGS = (DETERMINISTIC_FLAG, AUTOTUNE_DUMP_FLAG, AUTOTUNE_LOAD_FLAG,
+                     AUTOTUNE_COMPLETE_FLAG, HOST_DEVICES_FLAG)
+_FLAG_PROBE = "import jax; jax.devices()"
+_FLAG_PROBE_TIMEOUT_S = 120
 # Where an NVIDIA driver shows itself on Linux, also to a process that has no CUDA libraries.
 _NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
 GPU_INSTALL = "pip install -e '.[cuda12]' (CUDA 12) or -e '.[cuda13]' (CUDA 13)"
@@ -51,8 +70,89 @@ def set_deterministic(deterministic: bool) -> None:
         f"config.deterministic={deterministic} cannot take effect: JAX already runs on the GPU "
         f"with XLA_FLAGS={current!r}; start the process with "
         f"XLA_FLAGS='{DETERMINISTIC_FLAG}={want}', or set config.deterministic={not deterministic}")
+  flag = f"{DETERMINISTIC_FLAG}={str(deterministic).lower()}"
+  require_xla_flags([flag], f"config.deterministic={deterministic}")
   kept = [f for f in current.split() if f.partition("=")[0] != DETERMINISTIC_FLAG]
-  os.environ["XLA_FLAGS"] = " ".join(kept + [f"{DETERMINISTIC_FLAG}={str(deterministic).lower()}"])
+  os.environ["XLA_FLAGS"] = " ".join(kept + [flag])
+
+
+def _jaxlib_version() -> str:
+  try:
+    return importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown"
+
+
+def _flag_cache_path() -> str:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "dcgan_jax", "xla_flags.json")
+
+
+def _read_flag_cache() -> dict:
+  """{jaxlib version: {flag name: known}} as kept; {} for a missing or damaged file."""
+  try:
+    with open(_flag_cache_path()) as f:
+      cache = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return cache if isinstance(cache, dict) else {}
+
+
+def _write_flag_cache(cache: dict) -> None:
+  """Keeps the answers for the next process; a cache that cannot be written is only slower."""
+  path = _flag_cache_path()
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False,
+                                     suffix=".tmp") as f:
+      json.dump(cache, f, sort_keys=True)
+    os.replace(f.name, path)
+  except OSError:
+    with contextlib.suppress(OSError, UnboundLocalError):
+      os.unlink(f.name)
+
+
+def _xla_accepts(flags: Sequence[str]) -> bool:
+  """Tells whether a fresh process whose XLA_FLAGS hold `flags` starts JAX (on the CPU: every
+  XLA flag is parsed whatever the backend, and no accelerator is touched)."""
+  env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+  try:
+    probe = subprocess.run([sys.executable, "-c", _FLAG_PROBE], env=env, capture_output=True,
+                           timeout=_FLAG_PROBE_TIMEOUT_S, check=False)
+  except subprocess.TimeoutExpired:
+    return False
+  return probe.returncode == 0
+
+
+def unknown_xla_flags(flags: Sequence[str]) -> list[str]:
+  """The names of `flags` ('--name=value', or '--name' for a boolean) that the installed
+  jaxlib's XLA does not take, each tried with its value in fresh processes (XLA ends a process
+  on a flag it does not know in XLA_FLAGS); answers are kept per jaxlib version and flag name
+  in the user cache."""
+  by_name = {f.partition("=")[0]: f for f in flags}
+  cache = _read_flag_cache()
+  version = _jaxlib_version()
+  known = cache.get(version) if isinstance(cache.get(version), dict) else {}
+  untried = [n for n in by_name if not isinstance(known.get(n), bool)]
+  if untried:
+    if _xla_accepts([by_name[n] for n in untried]):
+      known.update(dict.fromkeys(untried, True))
+    elif len(untried) == 1 and not _xla_accepts([]):
+      raise RuntimeError(f"cannot try XLA flags: `{sys.executable} -c '{_FLAG_PROBE}'` fails "
+                         "with no XLA_FLAGS at all")
+    else:
+      known.update({n: _xla_accepts([by_name[n]]) for n in untried})
+    _write_flag_cache({**cache, version: known})
+  return [n for n in by_name if not known[n]]
+
+
+def require_xla_flags(flags: Sequence[str], what: str) -> None:
+  """Raises a one-line UsageError naming the first of `flags` that the installed jaxlib does
+  not know (before it goes into XLA_FLAGS, where XLA would end the process)."""
+  unknown = unknown_xla_flags(flags)
+  if unknown:
+    raise UsageError(f"{what} needs XLA flag {unknown[0]}, which jaxlib {_jaxlib_version()} "
+                     "does not know (XLA would stop at start-up): install a jaxlib that has it")
 
 
 def gpu_driver_present() -> bool:

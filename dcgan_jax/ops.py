@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
-UPCONV_IMPLS = ("auto", "xla", "phase", "matmul", "col2im")
+UPCONV_IMPLS = ("auto", "xla", "phase", "matmul", "col2im", "vjp")
 DOWNCONV_IMPLS = ("auto", "xla", "matmul")
 
 
@@ -119,6 +119,44 @@ def conv_4x2_xla(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
                                   padding=((1, 1), (1, 1)), dimension_numbers=_DN)
 
 
+def _conv_4x2_adjoint(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
+  """The adjoint of `conv_4x2_xla(., kernel)` (O -> I channels) applied to x: exactly
+  `ConvTranspose2d(k=4, s=2, p=1)` of x, emitted as JAX emits a convolution's input gradient
+  (a convolution of the reversed kernel over the stride-dilated input)."""
+  b, h, w, _ = x_BxHxWxI.shape
+  like = jax.ShapeDtypeStruct((b, 2 * h, 2 * w, kernel_4x4xOxI.shape[2]), x_BxHxWxI.dtype)
+  return jax.linear_transpose(lambda u: conv_4x2_xla(u, kernel_4x4xOxI), like)(x_BxHxWxI)[0]
+
+
+@jax.custom_vjp
+def conv_transpose_4x2_vjp(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array) -> jax.Array:
+  """Computes `ConvTranspose2d(k=4, s=2, p=1)` as the stride-2 convolution's own derivatives.
+
+  The transposed convolution is the adjoint of `Conv2d(O, I, 4, 2, 1)` whose (4, 4, O, I)
+  kernel is this layer's, so all three of its computations are that convolution's: the
+  output is its input gradient (the cotangent being x), the input gradient is the
+  convolution itself (of the cotangent g), and the kernel gradient is its kernel gradient at
+  input g and cotangent x. XLA maps these forms to a GPU library's backward-data, forward and
+  backward-filter convolutions, with no zero taps; the XLA form's own kernel gradient is a
+  convolution over a stride-dilated input instead. Reverse-mode only (no jax.jvp).
+  """
+  return _conv_4x2_adjoint(x_BxHxWxI, kernel_4x4xOxI)
+
+
+def _vjp_forward(x_BxHxWxI, kernel_4x4xOxI):
+  return _conv_4x2_adjoint(x_BxHxWxI, kernel_4x4xOxI), (x_BxHxWxI, kernel_4x4xOxI)
+
+
+def _vjp_backward(residuals, g_Bx2Hx2WxO):
+  x_BxHxWxI, kernel_4x4xOxI = residuals
+  dx = conv_4x2_xla(g_Bx2Hx2WxO, kernel_4x4xOxI)
+  _, kernel_vjp = jax.vjp(lambda k: conv_4x2_xla(g_Bx2Hx2WxO, k), kernel_4x4xOxI)
+  return dx, kernel_vjp(x_BxHxWxI)[0]
+
+
+conv_transpose_4x2_vjp.defvjp(_vjp_forward, _vjp_backward)
+
+
 def conv_4x2_matmul(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
   """Computes `Conv2d(k=4, s=2, p=1)` as one matrix product over the 4x4 windows.
 
@@ -181,6 +219,8 @@ def conv_transpose_4x2(x_BxHxWxI: jax.Array, kernel_4x4xOxI: jax.Array,
     return conv_transpose_4x2_matmul(x_BxHxWxI, kernel_4x4xOxI)
   if impl == "col2im":
     return conv_transpose_4x2_col2im(x_BxHxWxI, kernel_4x4xOxI)
+  if impl == "vjp":
+    return conv_transpose_4x2_vjp(x_BxHxWxI, kernel_4x4xOxI)
   return conv_transpose_4x2_xla(x_BxHxWxI, kernel_4x4xOxI)
 
 

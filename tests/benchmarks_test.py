@@ -234,7 +234,8 @@ def test_sweep_runs_every_form_pair_in_its_own_process_and_reports_a_dead_one(mo
   throughput.main()
   lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
   pairs = [(l["upconv_impl"], l["downconv_impl"]) for l in lines]
-  assert pairs == [(u, d) for u in ("xla", "phase", "matmul", "col2im") for d in ("xla", "matmul")]
+  assert pairs == [(u, d) for u in ("xla", "phase", "matmul", "col2im", "vjp")
+                   for d in ("xla", "matmul")]
   assert all(l["sweep"] is True and l["round"] == 0 for l in lines)
   assert lines[6]["error"] == "exit status -9: Killed" and "ms_per_step" not in lines[6]
   for child in children:  # the forms are the child's own; the other flags pass through
@@ -247,3 +248,130 @@ def test_sweep_is_for_dcgan_jax_only():
                         "--impl", "torch-eager", *TINY], capture_output=True, text=True,
                        cwd=ROOT)
   assert out.returncode == 2 and "--sweep times dcgan-jax's forms" in out.stderr
+
+
+@pytest.mark.slow  # two throughput.py processes
+def test_two_fresh_processes_hash_the_same_state_and_other_steps_another():
+  hashed = [_run("--impl", "jax", *TINY, "--hash-steps", steps)[0] for steps in ("2", "2", "3")]
+  assert [l["hash_steps"] for l in hashed] == [2, 2, 3]
+  assert all(len(l["state_sha256"]) == 64 and l["ms_per_step"] > 0 for l in hashed)
+  assert hashed[0]["state_sha256"] == hashed[1]["state_sha256"] != hashed[2]["state_sha256"]
+
+
+def test_state_hash_covers_every_leaf_its_dtype_and_shape():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+
+  state = {"a": np.zeros((2, 3), np.float32), "b": [np.arange(4, dtype=np.uint32)]}
+  base = throughput.state_sha256(state)
+  assert base == throughput.state_sha256({"a": np.zeros((2, 3), np.float32),
+                                          "b": [np.arange(4, dtype=np.uint32)]})
+  changed = [{**state, "a": np.zeros((3, 2), np.float32)},  # same bytes, other shape
+             {**state, "a": np.zeros((2, 3), np.int32)},  # same bytes, other dtype
+             {**state, "b": [np.arange(1, 5, dtype=np.uint32)]}]
+  assert len({base, *map(throughput.state_sha256, changed)}) == 4
+
+
+def test_determinism_runs_each_mode_in_two_fresh_processes_with_its_flags(monkeypatch, capsys):
+  from benchmarks import determinism  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/shared_cache")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=true --xla_dump_to=/tmp/d")
+  monkeypatch.setattr(determinism.device, "require_xla_flags", lambda flags, what: None)
+  calls = []
+
+  def fake_child(argv, env, timeout_s):  # pylint: disable=unused-argument
+    calls.append((argv, env))
+    mode = ("flag" if argv[argv.index("--deterministic") + 1] == "1"
+            else "pinned" if "load_autotune" in env["XLA_FLAGS"] else "off")
+    n = sum(1 for a, e in calls[:-1] if ("load_autotune" in e["XLA_FLAGS"]) == (mode == "pinned")
+            and a[a.index("--deterministic") + 1] == argv[argv.index("--deterministic") + 1])
+    digest = "b" * 64 if (mode, n) == ("off", 1) else "a" * 64  # off's second process differs
+    return {"impl": "jax", "ms_per_step": 1.0 + n, "state_sha256": digest, "hash_steps": 7}
+
+  monkeypatch.setattr(determinism, "run_child", fake_child)
+  assert determinism.main(["--hash-steps", "7", "--batch-size", "8"]) == 0
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert [(l["mode"], l.get("process")) for l in lines] == [
+      ("flag", 0), ("flag", 1), ("flag", None), ("off", 0), ("off", 1), ("off", None),
+      ("pinned", 0), ("pinned", 1), ("pinned", None)]
+  summaries = {l["mode"]: l for l in lines if "bitwise_equal" in l}
+  assert summaries["flag"]["bitwise_equal"] is True and summaries["pinned"]["bitwise_equal"]
+  assert summaries["off"]["bitwise_equal"] is False
+  assert summaries["flag"]["ms_per_step"] == [1.0, 2.0]
+  assert summaries["flag"]["mean_ms_per_step"] == 1.5
+  assert summaries["pinned"]["autotune_results_bytes"] == 0  # nothing written by the fake
+  for argv, env in calls:
+    assert argv[:4] == ["--impl", "jax", "--hash-steps", "7"] and argv[-2:] == ["--batch-size", "8"]
+    assert "JAX_COMPILATION_CACHE_DIR" not in env and env["JAX_ENABLE_COMPILATION_CACHE"] == "false"
+    assert env["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/d")  # the user's flags stay
+    assert "deterministic_ops" not in env["XLA_FLAGS"]  # throughput.py sets it (--deterministic)
+  flags = [env["XLA_FLAGS"].split()[1:] for _, env in calls]
+  dump = flags[2][0]
+  assert dump.startswith("--xla_gpu_dump_autotune_results_to=") and flags[3] == []
+  where = dump.partition("=")[2]
+  assert flags[4] == flags[5] == [f"--xla_gpu_load_autotune_results_from={where}",
+                                  "--xla_gpu_require_complete_aot_autotune_results=true"]
+  assert flags[0] == flags[1] == []
+  assert [a[a.index("--deterministic") + 1] for a, _ in calls] == ["1", "1", "0", "0", "0", "0"]
+
+
+def test_determinism_refuses_a_flag_the_jaxlib_does_not_take_and_its_own_flags(monkeypatch,
+                                                                               tmp_path, capsys):
+  from benchmarks import determinism  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(determinism.device, "AUTOTUNE_LOAD_FLAG", "--xla_gpu_no_such_load_flag")
+  monkeypatch.setattr(determinism, "run_child", lambda *a: pytest.fail("a process started"))
+  for argv, message in ((["--batch-size", "8"], "needs XLA flag --xla_gpu_no_such_load_flag"),
+                        (["--deterministic", "1"], "--deterministic is this benchmark's to set"),
+                        (["--hash-steps", "0"], "--hash-steps 0 must be positive")):
+    with pytest.raises(SystemExit) as e:
+      determinism.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_hlo_scan_counts_targets_dilated_inputs_and_interior_pads():
+  from benchmarks import hlo  # pylint: disable=g-import-not-at-top
+
+  text = "\n".join([
+      '  %a = (f32[2,8,8,5]{3,2,1,0}, u8[0]{0}) custom-call(f32[2,4,4,6]{3,2,1,0} %x, '
+      'f32[5,4,4,6]{3,2,1,0} %k), window={size=4x4 pad=2_2x2_2 lhs_dilate=2x2}, '
+      'custom_call_target="__cudnn$convBackwardInput"',
+      '  %b = (f32[4,4,5,6]{3,2,1,0}, u8[0]{0}) custom-call(%g, %x), '
+      'custom_call_target="__cudnn$convBackwardFilter"',
+      '  %c = (f32[4,4,5,6]{3,2,1,0}, u8[0]{0}) custom-call(%g, %x), '
+      'custom_call_target="__cudnn$convBackwardInput"',
+      "  %p = f32[2,11,11,6]{3,2,1,0} pad(f32[2,4,4,6]{3,2,1,0} %x, f32[] %z), "
+      "padding=0_0x2_2_1x2_2_1x0_0",
+      "  %q = f32[2,6,6,6]{3,2,1,0} pad(f32[2,4,4,6]{3,2,1,0} %x, f32[] %z), "
+      "padding=0_0x1_1x1_1x0_0",
+      "  %v = f32[2,8,8,5]{3,2,1,0} convolution(f32[2,4,4,6]{3,2,1,0} %x, %k), "
+      "window={size=4x4 pad=2_2x2_2 lhs_dilate=2x2}, dim_labels=b01f_01oi->b01f",
+      "  %w = f32[2,2,2,5]{3,2,1,0} convolution(%x, %k), window={size=4x4 stride=2x2 "
+      "pad=1_1x1_1}, dim_labels=b01f_01io->b01f"])
+  assert hlo.scan(text) == {
+      "custom_call_targets": {"__cudnn$convBackwardFilter": 1, "__cudnn$convBackwardInput": 2},
+      "cudnn_backward_input": True, "cudnn_backward_filter": True,
+      "dilated_input_convolutions": 1, "interior_padded_pads": 1}
+
+
+@pytest.mark.slow  # compiles two training steps in a subprocess
+def test_hlo_writes_each_forms_compiled_step_and_what_it_calls(tmp_path):
+  import gzip  # pylint: disable=g-import-not-at-top
+
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hlo.py"), "--image-size",
+                        "32", "--channels", "1", "--ngf", "4", "--ndf", "4", "--batch-size", "2",
+                        "--upconv-impls", "vjp,phase", "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, check=True)
+  lines = [json.loads(l) for l in out.stdout.splitlines()]
+  assert [l["upconv_impl"] for l in lines] == ["vjp", "phase"]
+  for line in lines:
+    text = gzip.open(line["hlo_file"], "rt").read()
+    assert text.startswith("HloModule") and " convolution(" in text
+    assert line["backend"] == "cpu" and line["cudnn_backward_input"] is False
+  # the vjp form's transposed convolutions run over the stride-dilated input; the phase form's
+  # stride-1 convolutions need none
+  assert lines[0]["dilated_input_convolutions"] > 0 == lines[1]["dilated_input_convolutions"]

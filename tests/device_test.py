@@ -1,6 +1,10 @@
 """The device a run trains on: its description, the CPU-build warning and XLA's determinism flag."""
 
+import importlib.metadata
+import json
 import os
+import pathlib
+import re
 
 import jax
 import pytest
@@ -8,6 +12,8 @@ from jax._src import xla_bridge
 
 from dcgan_jax import device
 from dcgan_jax.errors import UsageError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("flags, value", [
@@ -120,3 +126,60 @@ def test_every_mode_of_the_command_line_says_out_of_memory_in_one_line(monkeypat
     flags.FLAGS.unparse_flags()
     absl_logging.get_absl_logger().setLevel(level)
     handler.filters[:] = filters
+
+
+_VALUES = {device.DETERMINISTIC_FLAG: "true", device.AUTOTUNE_DUMP_FLAG: "/tmp/autotune.txt",
+           device.AUTOTUNE_LOAD_FLAG: "/tmp/autotune.txt", device.AUTOTUNE_COMPLETE_FLAG: "true",
+           device.HOST_DEVICES_FLAG: "2"}
+
+
+def test_every_flag_the_project_sets_is_one_the_installed_jaxlib_takes(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # tried now, not read from a cache
+  assert set(_VALUES) == set(device.PROJECT_XLA_FLAGS)
+  assert device.unknown_xla_flags([f"{n}={v}" for n, v in _VALUES.items()]) == []
+  kept = json.loads((tmp_path / "dcgan_jax" / "xla_flags.json").read_text())
+  assert kept == {importlib.metadata.version("jaxlib"): dict.fromkeys(_VALUES, True)}
+
+
+def test_every_xla_flag_written_in_the_code_is_a_project_flag():
+  """A flag named anywhere in the package or the benchmarks is one of PROJECT_XLA_FLAGS (so the
+  test above tries it on the installed jaxlib)."""
+  named = set()
+  for folder in ("dcgan_jax", "benchmarks"):
+    for path in (ROOT / folder).rglob("*.py"):
+      named |= set(re.findall(r"--xla_\w+", path.read_text()))
+  assert named and named <= set(device.PROJECT_XLA_FLAGS), named - set(device.PROJECT_XLA_FLAGS)
+
+
+def test_a_flag_the_jaxlib_does_not_take_is_refused_in_one_line(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  bad = "--xla_gpu_no_such_flag_for_dcgan_jax"
+  assert device.unknown_xla_flags([f"{bad}=1", "--xla_gpu_deterministic_ops=true"]) == [bad]
+  with pytest.raises(UsageError) as e:
+    device.require_xla_flags([f"{device.DETERMINISTIC_FLAG}=true", f"{bad}=1"], "the report")
+  message = str(e.value)
+  assert "\n" not in message and message.startswith(f"the report needs XLA flag {bad}, which jaxlib")
+  # set_deterministic refuses before it writes anything into XLA_FLAGS
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  monkeypatch.setattr(device, "DETERMINISTIC_FLAG", bad)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  with pytest.raises(UsageError, match=f"config.deterministic=True needs XLA flag {bad}"):
+    device.set_deterministic(True)
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+
+
+def test_flag_answers_are_kept_per_jaxlib_and_a_damaged_cache_is_tried_again(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  tried = []
+  monkeypatch.setattr(device, "_xla_accepts", lambda flags: tried.append(list(flags)) or
+                      all("nope" not in f for f in flags))
+  assert device.unknown_xla_flags(["--xla_a=1", "--xla_nope=2"]) == ["--xla_nope"]
+  assert tried == [["--xla_a=1", "--xla_nope=2"], ["--xla_a=1"], ["--xla_nope=2"]]
+  assert device.unknown_xla_flags(["--xla_nope=3", "--xla_a"]) == ["--xla_nope"]
+  assert len(tried) == 3  # answered from the cache
+  cache = tmp_path / "dcgan_jax" / "xla_flags.json"
+  cache.write_text("{not json")
+  assert device.unknown_xla_flags(["--xla_a=1"]) == [] and tried[-1] == ["--xla_a=1"]
+  monkeypatch.setattr(device, "_jaxlib_version", lambda: "9.9.9")  # another jaxlib: tried anew
+  assert device.unknown_xla_flags(["--xla_a=1"]) == [] and len(tried) == 5
+  assert set(json.loads(cache.read_text())) == {importlib.metadata.version("jaxlib"), "9.9.9"}

@@ -151,7 +151,7 @@ def test_downconv_impls_share_parameters_and_outputs(g32, impl):
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["phase", "matmul", "col2im", "auto"])
+@pytest.mark.parametrize("impl", ["phase", "matmul", "col2im", "vjp", "auto"])
 def test_upconv_impls_share_parameters_and_outputs(g32, impl):
   z, g_vars = g32
   ref, _ = _forward(models.Generator(32, 3, ngf=8, upconv_impl="xla"), g_vars, z, False)

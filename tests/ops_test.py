@@ -1,11 +1,13 @@
 """The transposed convolutions against a numpy reference of PyTorch's ConvTranspose2d."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcgan_jax import ops
+from dcgan_jax import models, ops
 
 
 def torch_conv_transpose2d(x_BxIxHxW, w_IxOxKxK, stride, padding):
@@ -58,7 +60,7 @@ def test_conv_4x2_matches_pytorch_definition(impl, shape):
 
 
 @pytest.mark.xla_default
-@pytest.mark.parametrize("impl", ["xla", "phase", "matmul", "col2im", "auto"])
+@pytest.mark.parametrize("impl", ["xla", "phase", "matmul", "col2im", "vjp", "auto"])
 @pytest.mark.parametrize("shape", [(2, 4, 4, 3, 5), (1, 5, 7, 8, 16), (3, 1, 1, 2, 1)])
 def test_conv_transpose_4x2_matches_pytorch_definition(impl, shape):
   b, h, w, i_ch, o_ch = shape
@@ -103,11 +105,87 @@ def test_gradients_of_all_forms_agree():
     return jax.grad(lambda x, k: jnp.sum(jnp.sin(fn(x, k))), argnums=(0, 1))(x, kernel)
 
   for fn in (ops.conv_transpose_4x2_phase, ops.conv_transpose_4x2_matmul,
-             ops.conv_transpose_4x2_col2im):
+             ops.conv_transpose_4x2_col2im, ops.conv_transpose_4x2_vjp):
     for got, want in zip(grads(fn, up_k), grads(ops.conv_transpose_4x2_xla, up_k)):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   for got, want in zip(grads(ops.conv_4x2_matmul, down_k), grads(ops.conv_4x2_xla, down_k)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _generator_upconv_shapes() -> list[tuple[int, int, int]]:
+  """(input side, input channels, output channels) of every stride-2 layer of the generators of
+  32/64/128 px with 1 or 3 channels at the GPU benchmarks' width (ngf 64)."""
+  shapes = set()
+  for size in (32, 64, 128):
+    for channels in (1, 3):
+      g = models.Generator(size, channels, ngf=64)
+      params = jax.eval_shape(g.init, jax.random.key(0), jnp.zeros((1, 100)))["params"]
+      kernels = [params[name]["kernel"].shape for name in params if name.startswith("UpConv")]
+      side = 4
+      for _, _, out, inp in sorted(kernels, key=lambda k: -k[3]):  # widest input first
+        shapes.add((side, inp, out))
+        side *= 2
+  return sorted(shapes)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _output_and_gradients(fn, x, kernel, cotangent):
+  """fn(x, kernel) and the gradients of <fn(x, kernel), cotangent> in x and in kernel."""
+  y, vjp = jax.vjp(fn, x, kernel)
+  return (y, *vjp(cotangent))
+
+
+@pytest.mark.slow
+@pytest.mark.xla_default  # its time is running float64 convolutions, far slower at -O0
+def test_vjp_form_equals_the_xla_and_phase_forms_at_every_generator_layer_shape():
+  """Output, input gradient and kernel gradient: in float64 the same to rounding; in float32
+  as close to the float64 result as the XLA and phase forms are (relative error over all the
+  layer shapes within twice theirs: the kernel gradient's sums run in another order)."""
+  shapes = _generator_upconv_shapes()
+  assert (4, 1024, 512) in shapes and (64, 64, 3) in shapes and (16, 64, 1) in shapes
+  assert len(shapes) == 15
+  forms = {"xla": ops.conv_transpose_4x2_xla, "phase": ops.conv_transpose_4x2_phase,
+           "vjp": ops.conv_transpose_4x2_vjp}
+  worst = {name: np.zeros(3) for name in forms}  # relative error of output and gradients
+  for side, inp, out in shapes:
+    rng = np.random.default_rng(side * inp + out)
+    x = rng.normal(size=(1, side, side, inp))
+    kernel = rng.normal(0, 0.02, size=(4, 4, out, inp))
+    cotangent = rng.normal(size=(1, 2 * side, 2 * side, out))
+    with jax.enable_x64(True):
+      exact = {name: [np.asarray(a) for a in _output_and_gradients(forms[name], x, kernel,
+                                                                   cotangent)]
+               for name in ("xla", "vjp")}
+    for got, want in zip(exact["vjp"], exact["xla"]):
+      assert got.dtype == np.float64 and got.shape == want.shape
+      assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max(), (side, inp, out)
+    f32 = [np.float32(a) for a in (x, kernel, cotangent)]
+    for name, fn in forms.items():
+      got = _output_and_gradients(fn, *f32)
+      worst[name] = np.maximum(worst[name], [
+          np.abs(np.asarray(a, np.float64) - e).max() / np.abs(e).max()
+          for a, e in zip(got, exact["xla"])])
+  others = np.maximum(worst["xla"], worst["phase"])
+  assert np.all(worst["vjp"] <= 2 * others) and np.all(others < 1e-5), worst
+
+
+def test_vjp_form_runs_the_stride2_convolutions_derivatives():
+  """Its program: the output is a convolution of the reversed kernel over the stride-dilated
+  input, the input gradient a stride-2 convolution, the kernel gradient a convolution with a
+  dilated window (what XLA hands a GPU library as backward-data, forward, backward-filter)."""
+  x, kernel = jnp.ones((2, 4, 4, 6)), jnp.ones((4, 4, 5, 6))
+  loss = lambda x, k: jnp.sum(ops.conv_transpose_4x2_vjp(x, k) ** 2)  # noqa: E731
+  text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).as_text()
+  convolutions = [l for l in text.splitlines() if "stablehlo.convolution" in l]
+  assert len(convolutions) == 3 and "stablehlo.reverse" in text
+  windows = sorted(l.split("window = {")[1].split("}")[0] for l in convolutions)
+  assert windows == [
+      "stride = [1, 1], pad = [[1, 1], [1, 1]], lhs_dilate = [1, 1], rhs_dilate = [2, 2], "
+      "reverse = [false, false]",  # kernel gradient
+      "stride = [1, 1], pad = [[2, 2], [2, 2]], lhs_dilate = [2, 2], rhs_dilate = [1, 1], "
+      "reverse = [false, false]",  # output
+      "stride = [2, 2], pad = [[1, 1], [1, 1]], lhs_dilate = [1, 1], rhs_dilate = [1, 1], "
+      "reverse = [false, false]"]  # input gradient
 
 
 def test_resolve_impls():
@@ -123,5 +201,6 @@ def test_resolve_impls():
     assert ops.resolve_upconv_impl("auto", width, size, "gpu") == "phase"
   assert ops.resolve_upconv_impl("auto", 64, 8, "tpu") == "xla"  # unmeasured there
   assert ops.resolve_upconv_impl("phase", 3, 32, "cpu") == "phase"
+  assert ops.resolve_upconv_impl("vjp", 3, 32, "gpu") == "vjp"  # chosen by name only, so far
   with pytest.raises(ValueError, match="'fft'"):
     ops.resolve_upconv_impl("fft", 3, 32, "cpu")

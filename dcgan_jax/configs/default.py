@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.nz = 100  # latent size
   config.ngf = 32  # generator width (the widest layer is ngf * image_size / 8)
   config.ndf = 32  # discriminator width
-  # G's transposed convs: 'auto', 'xla', 'phase', 'matmul' or 'col2im' (same maths).
+  # G's transposed convs: 'auto', 'xla', 'phase', 'matmul', 'col2im' or 'vjp' (same maths).
   config.upconv_impl = "auto"
   config.downconv_impl = "auto"  # D's strided convs: 'auto', 'xla' or 'matmul' (same maths)
   # 'bfloat16': mixed precision (params, optimizer, BatchNorm statistics, images and logits
