@@ -155,21 +155,41 @@ class Logit(nn.Module):
     return ops.conv_4x4_valid(*_cast(self.dtype, x_Bx4x4xC, kernel))
 
 
+def _check_labels(module: str, num_classes: int, labels_B: jax.Array | None) -> None:
+  if num_classes and labels_B is None:
+    raise ValueError(f"this {module} is class-conditional ({num_classes} classes): pass labels_B")
+  if not num_classes and labels_B is not None:
+    raise ValueError(f"this {module} is unconditional (num_classes 0): it takes no labels_B")
+
+
+def class_one_hot(labels_B: jax.Array, num_classes: int, dtype) -> jax.Array:
+  """The labels as one-hot rows (B, num_classes)."""
+  return jax.nn.one_hot(labels_B, num_classes, dtype=dtype)
+
+
 class Generator(nn.Module):
   """Maps z (B, nz) to float32 images (B, S, S, channels) in [-1, 1].
 
   dtype 'bfloat16' computes convolutions and activations in bf16; parameters, BatchNorm
   statistics and the output stay float32. dtype 'float64' (with jax_enable_x64) computes and
-  returns float64.
+  returns float64. With num_classes > 0 it is class-conditional: the class (labels_B, int (B,))
+  joins z as a one-hot vector, so the first layer's kernel holds a learned 4x4 input per class
+  (its shape (4, 4, width, nz + num_classes)).
   """
   image_size: int = 64
   channels: int = 3
   ngf: int = 64
   upconv_impl: str = "auto"
   dtype: str = "float32"
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, z_BxZ: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, z_BxZ: jax.Array, train: bool = True,
+               labels_B: jax.Array | None = None) -> jax.Array:
+    _check_labels("generator", self.num_classes, labels_B)
+    if self.num_classes:
+      z_BxZ = jnp.concatenate([z_BxZ, class_one_hot(labels_B, self.num_classes, z_BxZ.dtype)],
+                              axis=-1)
     n = num_stride2_layers(self.image_size)
     width = self.ngf * 2 ** (n - 1)
     bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
@@ -193,7 +213,9 @@ class Discriminator(nn.Module):
   (LayerNorm over each image's H, W and C with a scale and bias per channel: a critic whose
   outputs do not depend on the rest of the batch, as WGAN-GP's penalty needs) or 'none'.
   spectral_norm: every convolution's kernel divided by its spectral norm (Miyato et al. 2018).
-  dtype as for the Generator.
+  dtype as for the Generator. With num_classes > 0 it is a projection discriminator (Miyato &
+  Koyama 2018): the logit gains the inner product of the class's embedding (a row of
+  'class_projection', (num_classes, F)) with the last features summed over their 4x4 positions.
   """
   image_size: int = 64
   ndf: int = 64
@@ -201,9 +223,12 @@ class Discriminator(nn.Module):
   dtype: str = "float32"
   norm: str = "batch"
   spectral_norm: bool = False
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x_BxSxSxC: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x_BxSxSxC: jax.Array, train: bool = True,
+               labels_B: jax.Array | None = None) -> jax.Array:
+    _check_labels("discriminator", self.num_classes, labels_B)
     if self.norm not in D_NORMS:
       raise ValueError(f"norm {self.norm!r} is not one of {', '.join(D_NORMS)}")
     n = num_stride2_layers(self.image_size)
@@ -220,5 +245,10 @@ class Discriminator(nn.Module):
         x = nn.LayerNorm(epsilon=1e-5, reduction_axes=(1, 2, 3), feature_axes=-1,
                          dtype=self.dtype)(x)
       x = nn.leaky_relu(x, 0.2)
-    x = Logit(self.dtype, sn, name=f"Conv_{n}")(x, train)  # 4x4 -> 1x1
-    return x.reshape(x.shape[0]).astype(_out_dtype(self.dtype))
+    logits_B = Logit(self.dtype, sn, name=f"Conv_{n}")(x, train).reshape(x.shape[0])  # 4x4 -> 1
+    logits_B = logits_B.astype(_out_dtype(self.dtype))
+    if self.num_classes:
+      embedding = self.param("class_projection", conv_init, (self.num_classes, x.shape[-1]))
+      pooled_BxF, embedded_BxF = _cast(self.dtype, jnp.sum(x, axis=(1, 2)), embedding[labels_B])
+      logits_B += jnp.sum(pooled_BxF * embedded_BxF, axis=-1).astype(logits_B.dtype)
+    return logits_B

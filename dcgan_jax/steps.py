@@ -88,16 +88,23 @@ class GAN:
   def has_penalty(self) -> bool:
     return self.r1_weight > 0 or self.loss == "wgan_gp"
 
+  @property
+  def num_classes(self) -> int:
+    """The classes G and D are conditional on; 0: unconditional."""
+    return self.generator.num_classes
+
 
 def gan_from_config(config: ml_collections.ConfigDict,
-                    mesh: jax.sharding.Mesh | None = None) -> GAN:
+                    mesh: jax.sharding.Mesh | None = None, num_classes: int = 0) -> GAN:
   """Builds the models, optimizers and loss settings of a config; with a mesh, training
-  batches are split over its data axis."""
+  batches are split over its data axis; num_classes > 0: G and D conditional on that many
+  classes (a conditional config's data tells how many)."""
   return GAN(
       generator=Generator(config.image_size, config.channels, config.ngf, config.upconv_impl,
-                          config.compute_dtype),
+                          config.compute_dtype, num_classes),
       discriminator=Discriminator(config.image_size, config.ndf, config.downconv_impl,
-                                  config.compute_dtype, d_norm(config), config.spectral_norm),
+                                  config.compute_dtype, d_norm(config), config.spectral_norm,
+                                  num_classes),
       g_opt=Adam(config.g_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       d_opt=Adam(config.d_learning_rate, config.adam_b1, config.adam_b2, config.adam_eps),
       nz=config.nz, label_smoothing=config.label_smoothing, g_ema_decay=config.g_ema_decay,
@@ -119,9 +126,10 @@ def create_train_state(gan: GAN, rng: jax.Array) -> TrainState:
   """Initialises both networks with DCGAN init and both optimizers' states."""
   g_key, d_key, state_key = jax.random.split(rng, 3)
   size = gan.generator.image_size
-  g_vars = gan.generator.init(g_key, jnp.zeros((2, gan.nz)), train=False)
+  labels = jnp.zeros((2,), jnp.int32) if gan.num_classes else None
+  g_vars = gan.generator.init(g_key, jnp.zeros((2, gan.nz)), train=False, labels_B=labels)
   d_vars = gan.discriminator.init(
-      d_key, jnp.zeros((2, size, size, gan.generator.channels)), train=False)
+      d_key, jnp.zeros((2, size, size, gan.generator.channels)), train=False, labels_B=labels)
   return TrainState(
       step=jnp.zeros((), jnp.int32), rng=state_key,
       g_params=g_vars["params"], g_batch_stats=g_vars["batch_stats"],
@@ -175,8 +183,8 @@ def step_noise(gan: GAN, state: TrainState, batch_size: int) -> jax.Array:
 
 
 def _split_batch(gan: GAN, x_Bx: jax.Array) -> jax.Array:
-  """Splits x along its batch axis over the data mesh (unchanged without one)."""
-  if gan.batch_sharding is None:
+  """Splits x along its batch axis over the data mesh (unchanged without one; None stays None)."""
+  if gan.batch_sharding is None or x_Bx is None:
     return x_Bx
   return jax.lax.with_sharding_constraint(x_Bx, gan.batch_sharding)
 
@@ -186,17 +194,21 @@ def to_float(images_u8: jax.Array) -> jax.Array:
   return images_u8.astype(jnp.float32) / 127.5 - 1.0
 
 
-def _apply_train(module: nn.Module, params: PyTree, batch_stats: PyTree, x: jax.Array):
-  """Runs a forward pass with batch statistics; returns (output, new batch_stats)."""
+def _apply_train(module: nn.Module, params: PyTree, batch_stats: PyTree, x: jax.Array,
+                 labels_B: jax.Array | None = None):
+  """Runs a forward pass with batch statistics (and the batch's classes, for a conditional
+  module); returns (output, new batch_stats)."""
   out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x,
-                              train=True, mutable=["batch_stats"])
+                              train=True, labels_B=labels_B, mutable=["batch_stats"])
   return out, updates.get("batch_stats", {})
 
 
-def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array, j: int | jax.Array
-              ) -> tuple[TrainState, Metrics]:
+def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array, j: int | jax.Array,
+              labels_B: jax.Array | None = None) -> tuple[TrainState, Metrics]:
   """Runs D update j of the iteration on a real and a fake float batch (no gradient flows into
-  fake): augmentation, D's loss, R1 on the real and WGAN-GP's penalty on interpolated images."""
+  fake): augmentation, D's loss, R1 on the real and WGAN-GP's penalty on interpolated images.
+  A conditional GAN's fake batch has the real batch's classes, labels_B: row i of both, and of
+  their interpolation, is of class labels_B[i]."""
   fake = jax.lax.stop_gradient(fake)
   k_real, k_fake, k_mix = jax.random.split(jax.random.fold_in(_step_key(state), _D_KEYS + j), 3)
   if gan.augment:
@@ -205,7 +217,7 @@ def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array, j: 
 
   def loss_fn(d_params):
     def d_fn(stats, x):
-      return _apply_train(gan.discriminator, d_params, stats, x)
+      return _apply_train(gan.discriminator, d_params, stats, x, labels_B)
 
     penalty = jnp.zeros((), jnp.float32)
     if gan.r1_weight > 0:
@@ -235,46 +247,64 @@ def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array, j: 
   return new_state, metrics
 
 
-def _earlier_d_updates(gan: GAN, state: TrainState, images_BxDxSxSxC_u8: jax.Array
-                       ) -> TrainState:
+def _earlier_d_updates(gan: GAN, state: TrainState, images_BxDxSxSxC_u8: jax.Array,
+                       labels_BxD: jax.Array | None) -> TrainState:
   """Runs the iteration's D updates before its last (d_steps > 1): update j trains on the
-  images [:, j] and on G's images of its own noise."""
+  images [:, j] (of classes labels[:, j]) and on G's images of its own noise (of those
+  classes)."""
   batch_size = images_BxDxSxSxC_u8.shape[0]
 
   def body(s: TrainState, xs):
-    images_u8, j = xs
+    images_u8, labels, j = xs
     key = jax.random.fold_in(_step_key(s), _EARLIER_NOISE + j)
     z = _split_batch(gan, jax.random.normal(key, (batch_size, gan.nz), jnp.float32))
-    fake, _ = _apply_train(gan.generator, s.g_params, s.g_batch_stats, z)
-    s, _ = _d_update(gan, s, _split_batch(gan, to_float(images_u8)), fake, j)
+    fake, _ = _apply_train(gan.generator, s.g_params, s.g_batch_stats, z, labels)
+    s, _ = _d_update(gan, s, _split_batch(gan, to_float(images_u8)), fake, j, labels)
     return s, None
 
   earlier = jnp.moveaxis(images_BxDxSxSxC_u8, 1, 0)[:-1]
-  state, _ = jax.lax.scan(body, state, (earlier, jnp.arange(gan.d_steps - 1)))
+  earlier_labels = None if labels_BxD is None else _split_batch(gan, labels_BxD).T[:-1]
+  state, _ = jax.lax.scan(body, state, (earlier, earlier_labels, jnp.arange(gan.d_steps - 1)))
   return state
 
 
-def _last_real(gan: GAN, state: TrainState, images_u8: jax.Array
-               ) -> tuple[TrainState, jax.Array]:
+def _last_real(gan: GAN, state: TrainState, images_u8: jax.Array, labels: jax.Array | None
+               ) -> tuple[TrainState, jax.Array, jax.Array | None]:
   """Runs the D updates before the last on an iteration's d_steps * B images (the images of
   update j are images[j::d_steps], so each device keeps its part of the batch); returns the
-  state and the last update's real batch, float, (B, S, S, C)."""
+  state, the last update's real batch, float, (B, S, S, C), and its labels (None for an
+  unconditional GAN)."""
+  _check_labels(gan, images_u8, labels)
+  if labels is not None:
+    labels = labels.astype(jnp.int32)
   if gan.d_steps == 1:
-    return state, _split_batch(gan, to_float(images_u8))
+    return state, _split_batch(gan, to_float(images_u8)), _split_batch(gan, labels)
   n = gan.d_steps
   if images_u8.shape[0] % n:
     raise ValueError(f"{images_u8.shape[0]} images do not divide into {n} D updates")
   per_update = images_u8.reshape((images_u8.shape[0] // n, n) + images_u8.shape[1:])
-  state = _earlier_d_updates(gan, state, per_update)
-  return state, _split_batch(gan, to_float(per_update[:, -1]))
+  labels_per_update = None if labels is None else labels.reshape(-1, n)
+  state = _earlier_d_updates(gan, state, per_update, labels_per_update)
+  last_labels = None if labels is None else _split_batch(gan, labels_per_update[:, -1])
+  return state, _split_batch(gan, to_float(per_update[:, -1])), last_labels
 
 
-def _g_loss_of_fake(gan: GAN, state: TrainState, fake: jax.Array):
-  """G's loss as a function of the fake batch, against the current D; (loss, (D's logits, D's
-  batch_stats after this pass))."""
+def _check_labels(gan: GAN, images_u8: jax.Array, labels: jax.Array | None) -> None:
+  """A conditional GAN takes one label per image; an unconditional one none."""
+  if gan.num_classes and (labels is None or labels.shape != images_u8.shape[:1]):
+    raise ValueError(f"a conditional GAN needs one label per image: {images_u8.shape[0]} "
+                     f"images, labels {None if labels is None else labels.shape}")
+  if not gan.num_classes and labels is not None:
+    raise ValueError("an unconditional GAN takes no labels")
+
+
+def _g_loss_of_fake(gan: GAN, state: TrainState, labels_B: jax.Array | None, fake: jax.Array):
+  """G's loss as a function of the fake batch (of classes labels_B), against the current D;
+  (loss, (D's logits, D's batch_stats after this pass))."""
   if gan.augment:
     fake = augment.apply(gan.augment, jax.random.fold_in(_step_key(state), _G_AUGMENT), fake)
-  logits, d_stats = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake)
+  logits, d_stats = _apply_train(gan.discriminator, state.d_params, state.d_batch_stats, fake,
+                                 labels_B)
   return losses.generator_loss(logits, gan.loss), (logits, d_stats)
 
 
@@ -290,23 +320,29 @@ def _g_update(gan: GAN, state: TrainState, grads: PyTree, stats: PyTree, d_stats
   return new_state, {"loss_g": loss, "d_g_z2": jnp.mean(jax.nn.sigmoid(logits))}
 
 
-def d_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
+def d_step(gan: GAN, state: TrainState, images_u8: jax.Array,
+           labels: jax.Array | None = None) -> tuple[TrainState, Metrics]:
   """Runs an iteration's D updates (gan.d_steps of them) on its real uint8 images, d_steps * B
-  of them, and fresh fake batches; the metrics are the last update's."""
-  state, real = _last_real(gan, state, images_u8)
+  of them (and their classes, for a conditional GAN), and fresh fake batches of those classes;
+  the metrics are the last update's."""
+  state, real, labels_B = _last_real(gan, state, images_u8, labels)
   fake, _ = _apply_train(gan.generator, state.g_params, state.g_batch_stats,
-                         step_noise(gan, state, real.shape[0]))
-  return _d_update(gan, state, real, fake, gan.d_steps - 1)
+                         step_noise(gan, state, real.shape[0]), labels_B)
+  return _d_update(gan, state, real, fake, gan.d_steps - 1, labels_B)
 
 
-def g_step(gan: GAN, state: TrainState, batch_size: int) -> tuple[TrainState, Metrics]:
-  """Runs one generator update on a batch of batch_size against the current D (whose running
+def g_step(gan: GAN, state: TrainState, batch_size: int,
+           labels_B: jax.Array | None = None) -> tuple[TrainState, Metrics]:
+  """Runs one generator update on a batch of batch_size (of classes labels_B, for a
+  conditional GAN: the last D update's real batch's) against the current D (whose running
   statistics take this pass, as in the tutorial); advances the step counter."""
   z = step_noise(gan, state, batch_size)
+  if labels_B is not None:
+    labels_B = _split_batch(gan, labels_B.astype(jnp.int32))
 
   def loss_fn(g_params):
-    fake, stats = _apply_train(gan.generator, g_params, state.g_batch_stats, z)
-    loss, (logits, d_stats) = _g_loss_of_fake(gan, state, fake)
+    fake, stats = _apply_train(gan.generator, g_params, state.g_batch_stats, z, labels_B)
+    loss, (logits, d_stats) = _g_loss_of_fake(gan, state, labels_B, fake)
     return loss, (stats, d_stats, logits)
 
   (loss, (stats, d_stats, logits)), grads = jax.value_and_grad(
@@ -314,69 +350,81 @@ def g_step(gan: GAN, state: TrainState, batch_size: int) -> tuple[TrainState, Me
   return _g_update(gan, state, grads, stats, d_stats, loss, logits)
 
 
-def train_step(gan: GAN, state: TrainState, images_u8: jax.Array) -> tuple[TrainState, Metrics]:
+def train_step(gan: GAN, state: TrainState, images_u8: jax.Array,
+               labels: jax.Array | None = None) -> tuple[TrainState, Metrics]:
   """Runs a full iteration, d_step then g_step, with G's forward pass of the last D update run
-  once; images_u8 holds d_steps * B images (B with the default single D update).
+  once; images_u8 holds d_steps * B images (B with the default single D update), and labels
+  their classes (int, (d_steps * B,)) where the GAN is conditional.
 
   D does not change G, so the G step's fake batch is the last D update's: as in the
   tutorial, G runs forward once and its backward pass reuses that forward's
   residuals (jax.vjp). Equal to d_step followed by g_step (tested).
   """
-  state, real = _last_real(gan, state, images_u8)
+  state, real, labels_B = _last_real(gan, state, images_u8, labels)
   g_forward = lambda p: _apply_train(gan.generator, p, state.g_batch_stats,  # noqa: E731
-                                     step_noise(gan, state, real.shape[0]))
+                                     step_noise(gan, state, real.shape[0]), labels_B)
   fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-  state, d_metrics = _d_update(gan, state, real, fake, gan.d_steps - 1)
+  state, d_metrics = _d_update(gan, state, real, fake, gan.d_steps - 1, labels_B)
   (loss, (logits, d_stats)), d_fake = jax.value_and_grad(
-      functools.partial(_g_loss_of_fake, gan, state), has_aux=True)(fake)
+      functools.partial(_g_loss_of_fake, gan, state, labels_B), has_aux=True)(fake)
   grads, = g_vjp(d_fake)
   state, g_metrics = _g_update(gan, state, grads, g_stats, d_stats, loss, logits)
   return state, {**d_metrics, **g_metrics}
 
 
 def train_steps(gan: GAN, state: TrainState, images_KxBxSxSxC_u8: jax.Array,
-                num_steps: jax.Array | None = None) -> tuple[TrainState, Metrics]:
-  """Runs K iterations in one dispatch (lax.scan over K batches); metrics stacked to (K,).
+                num_steps: jax.Array | None = None, labels_KxB: jax.Array | None = None
+                ) -> tuple[TrainState, Metrics]:
+  """Runs K iterations in one dispatch (lax.scan over K batches, and their labels for a
+  conditional GAN); metrics stacked to (K,).
 
   With num_steps (an int32 scalar < K, traced), only the first num_steps batches are trained
   on and the metrics past them are zeros: every chunk shorter than K (a run's first chunk after
   a resume, its last, those cut by log, sample and checkpoint intervals) runs in this one
   program, padded to K, instead of compiling a program for each length.
   """
-  return _iterate(functools.partial(train_step, gan), state, images_KxBxSxSxC_u8, num_steps)
+  def body(s, xs):
+    images_u8, labels = xs
+    return train_step(gan, s, images_u8, labels)
+  return _iterate(body, state, (images_KxBxSxSxC_u8, labels_KxB), num_steps)
 
 
 def train_steps_gather(gan: GAN, state: TrainState, images_NxSxSxC_u8: jax.Array,
-                       indices_KxB: jax.Array, num_steps: jax.Array | None = None
-                       ) -> tuple[TrainState, Metrics]:
-  """Runs train_steps on batches gathered on the device from a dataset held there."""
+                       indices_KxB: jax.Array, num_steps: jax.Array | None = None,
+                       labels_N: jax.Array | None = None) -> tuple[TrainState, Metrics]:
+  """Runs train_steps on batches gathered on the device from a dataset held there (and, for a
+  conditional GAN, its labels, gathered by the same indices)."""
   def body(s, indices_B):
-    return train_step(gan, s, jnp.take(images_NxSxSxC_u8, indices_B, axis=0))
+    labels = None if labels_N is None else jnp.take(labels_N, indices_B, axis=0)
+    return train_step(gan, s, jnp.take(images_NxSxSxC_u8, indices_B, axis=0), labels)
   return _iterate(body, state, indices_KxB, num_steps)
 
 
-def _iterate(step, state: TrainState, xs_K: jax.Array, num_steps: jax.Array | None
+def _iterate(step, state: TrainState, xs_K: PyTree, num_steps: jax.Array | None
              ) -> tuple[TrainState, Metrics]:
-  """state, metrics (K,) of step applied to xs_K[0], xs_K[1], ...: all K (a scan) or the first
-  num_steps (a loop of a traced length; the other metrics are zeros)."""
+  """state, metrics (K,) of step applied to xs_K[0], xs_K[1], ... (xs_K: a pytree of arrays
+  of K rows; None leaves stay None): all K (a scan) or the first num_steps (a loop of a traced
+  length; the other metrics are zeros)."""
   if num_steps is None:
     return jax.lax.scan(step, state, xs_K)
-  k = xs_K.shape[0]
-  _, shapes = jax.eval_shape(step, state, xs_K[0])
+  k = jax.tree.leaves(xs_K)[0].shape[0]
+  row = lambda i: jax.tree.map(lambda x: x[i], xs_K)  # noqa: E731
+  _, shapes = jax.eval_shape(step, state, row(0))
   stacked = jax.tree.map(lambda s: jnp.zeros((k,) + s.shape, s.dtype), shapes)
 
   def body(i, carry):
     s, metrics_K = carry
-    s, metrics = step(s, xs_K[i])
+    s, metrics = step(s, row(i))
     return s, jax.tree.map(lambda m_K, m: m_K.at[i].set(m), metrics_K, metrics)
   return jax.lax.fori_loop(0, num_steps, body, (state, stacked))
 
 
 def generate(gan: GAN, state: TrainState, z_BxZ: jax.Array, bn_mode: str = "train",
-             ema: bool = False) -> jax.Array:
-  """Images in [-1, 1] from G (or, with ema, from its moving average of parameters);
-  bn_mode 'train' uses the batch's statistics (as the tutorial's samples do), 'eval' the
-  running averages (G's own: BatchNorm averages are not averaged again)."""
+             ema: bool = False, labels_B: jax.Array | None = None) -> jax.Array:
+  """Images in [-1, 1] from G (or, with ema, from its moving average of parameters), of the
+  classes labels_B for a conditional GAN; bn_mode 'train' uses the batch's statistics (as the
+  tutorial's samples do), 'eval' the running averages (G's own: BatchNorm averages are not
+  averaged again)."""
   if bn_mode not in ("train", "eval"):
     raise ValueError(f"bn_mode {bn_mode!r} is not 'train' or 'eval'")
   if ema and state.g_ema_params is None:
@@ -384,6 +432,7 @@ def generate(gan: GAN, state: TrainState, z_BxZ: jax.Array, bn_mode: str = "trai
   params = state.g_ema_params if ema else state.g_params
   variables = {"params": params, "batch_stats": state.g_batch_stats}
   if bn_mode == "train":
-    images, _ = gan.generator.apply(variables, z_BxZ, train=True, mutable=["batch_stats"])
+    images, _ = gan.generator.apply(variables, z_BxZ, train=True, labels_B=labels_B,
+                                    mutable=["batch_stats"])
     return images
-  return gan.generator.apply(variables, z_BxZ, train=False)
+  return gan.generator.apply(variables, z_BxZ, train=False, labels_B=labels_B)

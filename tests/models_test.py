@@ -284,3 +284,70 @@ def test_batch_norm_normalises_as_flax_and_averages_as_pytorch():
                              rtol=1e-5)
   assert models.BatchNorm(use_running_average=True).apply(
       {"params": variables["params"], "batch_stats": stats}, x).shape == x.shape
+
+
+def test_class_one_hot_of_hand_written_labels():
+  np.testing.assert_array_equal(models.class_one_hot(jnp.array([2, 0]), 3, jnp.float32),
+                                [[0, 0, 1], [1, 0, 0]])
+
+
+def test_conditional_generator_is_the_unconditional_one_fed_z_and_the_one_hot_class():
+  """G(z, y) of a conditional G equals an unconditional G of latent size nz + classes, with the
+  same parameters, fed [z, onehot(y)]: the class is a learned 4x4 input of the first layer."""
+  cond = models.Generator(32, 1, ngf=4, num_classes=3)
+  plain = models.Generator(32, 1, ngf=4)
+  z = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  labels = jnp.array([2, 0, 1, 2])
+  variables = cond.init(jax.random.PRNGKey(0), z, train=False, labels_B=labels)
+  assert variables["params"]["Project4x4_0"]["kernel"].shape == (4, 4, 16, 5 + 3)
+  joined = jnp.concatenate([z, models.class_one_hot(labels, 3, jnp.float32)], axis=1)
+  for train in (False, True):
+    got = cond.apply(variables, z, train=train, labels_B=labels, mutable=["batch_stats"])[0]
+    want = plain.apply(variables, joined, train=train, mutable=["batch_stats"])[0]
+    np.testing.assert_array_equal(got, want)
+  # with running averages each image is its own: another class for image 0 changes it alone
+  same = cond.apply(variables, z, train=False, labels_B=labels)
+  other = cond.apply(variables, z, train=False, labels_B=jnp.array([0, 0, 1, 2]))
+  assert not np.allclose(other[0], same[0]) and np.array_equal(other[1:], same[1:])
+  with pytest.raises(ValueError, match="class-conditional \\(3 classes\\): pass labels_B"):
+    cond.apply(variables, z, train=False)
+  with pytest.raises(ValueError, match="unconditional .* takes no labels_B"):
+    plain.apply(variables, joined, train=False, labels_B=labels)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_projection_discriminator_adds_the_class_embedding_times_the_summed_features(norm):
+  """D(x, y) = D's unconditional logit + <E[y], sum over the 4x4 positions of the features
+  that D's last convolution reads>; E = class_projection (classes, F)."""
+  cond = models.Discriminator(32, ndf=4, norm=norm, num_classes=3)
+  plain = models.Discriminator(32, ndf=4, norm=norm)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (4, 32, 32, 1), minval=-1, maxval=1)
+  labels = jnp.array([1, 2, 0, 1])
+  variables = cond.init(jax.random.PRNGKey(0), x, train=False, labels_B=labels)
+  embedding = np.asarray(variables["params"]["class_projection"])
+  assert embedding.shape == (3, 16)  # the 4x4 features' width: ndf * 4
+  plain_vars = {**variables, "params": {k: v for k, v in variables["params"].items()
+                                        if k != "class_projection"}}
+  got = cond.apply(variables, x, train=False, labels_B=labels)
+  features = _last_conv_input(plain, plain_vars, x)
+  assert features.shape == (4, 4, 4, 16)
+  want = np.asarray(plain.apply(plain_vars, x, train=False)) + np.einsum(
+      "bf,bf->b", features.sum(axis=(1, 2)), embedding[np.asarray(labels)])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(want, plain.apply(plain_vars, x, train=False))  # the term counts
+  with pytest.raises(ValueError, match="pass labels_B"):
+    cond.apply(variables, x, train=False)
+
+
+def _last_conv_input(module, variables, x):
+  """The input of D's last convolution (its 4x4 features), recorded by intercepting its call."""
+  seen = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.module.name == f"Conv_{models.num_stride2_layers(32)}":
+      seen["x"] = np.asarray(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    module.apply(variables, x, train=False)
+  return seen["x"]

@@ -379,3 +379,86 @@ def test_diffaugment_changes_the_step_and_is_fixed_by_the_seed(state, real_batch
   assert trees_close(a, b) and float(ma["loss_d"]) == float(mb["loss_d"])
   assert float(ma["loss_d"]) != float(plain["loss_d"])
   assert float(ma["loss_g"]) != float(plain["loss_g"])  # the G step's D input is augmented too
+
+
+def _conditional(**fields) -> steps.GAN:
+  """_variant's GAN, class-conditional on 3 classes."""
+  gan = _variant(**fields)
+  return dataclasses.replace(
+      gan, generator=dataclasses.replace(gan.generator, num_classes=3),
+      discriminator=dataclasses.replace(gan.discriminator, num_classes=3))
+
+
+_LABELS = np.array([0, 2, 1, 2], np.int32)
+
+
+def test_conditional_step_trains_on_the_labels_and_refuses_a_mismatch(real_batch):
+  gan = _conditional()
+  assert gan.num_classes == 3
+  state = steps.init_train_state(gan, 0)
+  assert state.d_params["class_projection"].shape == (3, 32)
+  a, ma = jit_train_step(gan, state, real_batch, _LABELS)
+  b, mb = jit_train_step(gan, state, real_batch, _LABELS[::-1].copy())
+  for name in ("loss_d", "loss_g"):
+    assert np.isfinite(ma[name]) and float(ma[name]) != float(mb[name])
+  assert not trees_close(a.g_params, b.g_params)
+  # the class embedding's gradient reaches only the rows of the classes in the batch
+  one_class, _ = jit_train_step(gan, state, real_batch, np.zeros(4, np.int32))
+  moved = np.abs(np.asarray(one_class.d_params["class_projection"]) -
+                 np.asarray(state.d_params["class_projection"])).sum(axis=1)
+  assert moved[0] > 0 and moved[1] == moved[2] == 0
+  with pytest.raises(ValueError, match="needs one label per image: 4 images, labels None"):
+    steps.train_step(gan, state, real_batch)
+  with pytest.raises(ValueError, match="an unconditional GAN takes no labels"):
+    steps.train_step(tiny_gan(), steps.init_train_state(tiny_gan(), 0), real_batch, _LABELS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STEP_VARIANTS))
+def test_conditional_variant_train_step_is_d_step_then_g_step(name):
+  """Every loss and variant with labels; several D updates per G update take each update's
+  labels (images[j::d_steps])."""
+  gan = _conditional(**STEP_VARIANTS[name])
+  state = steps.init_train_state(gan, 0)
+  images = _images(gan)
+  labels = np.resize(_LABELS, len(images))
+  combined, m = jit_train_step(gan, state, images, labels)
+  s, _ = jit_d_step(gan, state, images, labels)
+  s, _ = jit_g_step(gan, s, 4, labels[gan.d_steps - 1::gan.d_steps])
+  assert trees_close(combined, s, rtol=1e-4, atol=1e-5)
+  assert all(np.isfinite(v) for v in m.values())
+
+
+@pytest.mark.slow
+def test_conditional_scan_padded_chunk_and_gather_equal_single_steps():
+  gan = _conditional()
+  state = steps.init_train_state(gan, 0)
+  rng = np.random.default_rng(4)
+  data = rng.integers(0, 256, (10, 32, 32, 1), dtype=np.uint8)
+  data_labels = rng.integers(0, 3, 10).astype(np.int32)
+  indices = np.array([[0, 3, 5, 9], [1, 2, 4, 8], [6, 7, 0, 1]], np.int32)
+  single = state
+  for k in range(3):
+    single, _ = jit_train_step(gan, single, data[indices[k]], data_labels[indices[k]])
+  scan = jax.jit(steps.train_steps, static_argnums=0)
+  scanned, _ = scan(gan, state, data[indices], None, data_labels[indices])
+  assert int(scanned.step) == 3 and trees_close(scanned, single, rtol=1e-4, atol=1e-6)
+  gathered, _ = jax.jit(steps.train_steps_gather, static_argnums=0)(
+      gan, state, data, indices, None, data_labels)
+  assert trees_close(gathered, scanned, rtol=1e-5, atol=1e-7)
+  padded, metrics = scan(gan, state, data[indices], jnp.int32(2), data_labels[indices])
+  first_two, _ = scan(gan, state, data[indices[:2]], None, data_labels[indices[:2]])
+  assert int(padded.step) == 2 and trees_close(padded, first_two)
+  assert float(metrics["loss_d"][2]) == 0.0
+
+
+def test_conditional_generate_draws_the_asked_classes(state):
+  gan = _conditional()
+  state = steps.init_train_state(gan, 0)
+  z = jax.random.normal(jax.random.PRNGKey(0), (3, 16))
+  for bn_mode in ("train", "eval"):
+    a = steps.generate(gan, state, z, bn_mode, labels_B=jnp.array([0, 1, 2]))
+    b = steps.generate(gan, state, z, bn_mode, labels_B=jnp.array([2, 1, 0]))
+    assert a.shape == (3, 32, 32, 1) and not np.allclose(a, b)
+  eval_a = steps.generate(gan, state, z, "eval", labels_B=jnp.array([0, 1, 2]))
+  np.testing.assert_array_equal(eval_a[1], b[1])  # running averages: image 1 is its own
