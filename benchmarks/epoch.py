@@ -62,7 +62,7 @@ def make_config(args):
   from dcgan_jax import configs, configuration  # pylint: disable=g-import-not-at-top
 
   config = configuration.load_config_file(configs.preset_path("celeba"))
-  # The synthetic images replace the data source (main() patches load_images); a folder
+  # The synthetic images replace the data source (main() patches load_dataset); a folder
   # source keeps validation from reaching for tensorflow-datasets, which the preset's
   # tfds:celeb_a would import.
   config.dataset = "imagefolder"
@@ -118,7 +118,7 @@ def main() -> None:
     images = synthetic_images(os.path.join(tmp, "images.npy"), args.num_images,
                               args.image_size, args.channels)
     # The loop's data source, as the decoded-image cache would return a real dataset.
-    input_pipeline.load_images = lambda _: images
+    input_pipeline.load_dataset = lambda *_: input_pipeline.Dataset(images)
     for repeat in range(args.repeats):
       workdir = os.path.join(tmp, f"run{repeat}")
       t0 = time.perf_counter()

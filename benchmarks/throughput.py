@@ -15,6 +15,7 @@ own process; --rounds repeats that sequence (a "round" field tells which). --swe
 every exact form of G's and D's strided convolutions (upconv x downconv), one line each.
 --hash-steps N first trains N steps from the seed-0 state and adds state_sha256, a hash of the
 whole training state then (benchmarks/determinism.py compares it between fresh processes).
+--classes N times a class-conditional dcgan-jax (N classes, random labels in every batch).
 
   python benchmarks/throughput.py --impl all --image-size 64 --batch-size 128 --steps 25
   python benchmarks/throughput.py --sweep --image-size 64 --batch-size 1024 --steps 25
@@ -93,6 +94,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--ngf", type=int, default=64)
   parser.add_argument("--ndf", type=int, default=64)
   parser.add_argument("--nz", type=int, default=100)
+  parser.add_argument("--classes", type=int, default=0,
+                      help="jax: G and D conditional on this many classes (0: unconditional)")
 
 
 def jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32"):
@@ -100,8 +103,11 @@ def jax_gan(args, upconv_impl: str, downconv_impl: str, dtype: str = "float32"):
   from dcgan_jax import steps  # pylint: disable=g-import-not-at-top
   from dcgan_jax.models import Discriminator, Generator  # pylint: disable=g-import-not-at-top
 
-  return steps.GAN(Generator(args.image_size, args.channels, args.ngf, upconv_impl, dtype),
-                   Discriminator(args.image_size, args.ndf, downconv_impl, dtype),
+  classes = getattr(args, "classes", 0)
+  return steps.GAN(Generator(args.image_size, args.channels, args.ngf, upconv_impl, dtype,
+                             classes),
+                   Discriminator(args.image_size, args.ndf, downconv_impl, dtype,
+                                 num_classes=classes),
                    steps.Adam(), steps.Adam(),
                    nz=args.nz)
 
@@ -157,17 +163,20 @@ def setup_jax(args):
   kinds = sorted({k == most for n in (args.steps, args.warmup, args.hash_steps)
                   for _, k in plan(n)}, reverse=True)  # full calls first
   images = jax.device_put(np.broadcast_to(batch, (most, *batch.shape)))
+  labels = (jax.device_put(np.random.default_rng(1).integers(
+      0, args.classes, (most, args.batch_size), dtype=np.int32)) if args.classes else None)
   count = lambda k: None if k == most else np.int32(k)  # noqa: E731
   jitted = jax.jit(steps.train_steps, static_argnums=0, donate_argnums=1)
   compiled, compile_s = {}, {}
   for full in kinds:
     t0 = time.perf_counter()
-    compiled[full] = jitted.lower(gan, state, images, count(most if full else 1)).compile()
+    compiled[full] = jitted.lower(gan, state, images, count(most if full else 1),
+                                  labels).compile()
     compile_s[full] = time.perf_counter() - t0
   box = {"state": state}
 
   def call(k: int) -> None:
-    box["state"], box["metrics"] = compiled[k == most](box["state"], images, count(k))
+    box["state"], box["metrics"] = compiled[k == most](box["state"], images, count(k), labels)
 
   def run_steps(n: int) -> None:
     for _, k in plan(n):
@@ -192,6 +201,7 @@ def setup_jax(args):
             "backend": jax.default_backend(),
             "upconv_impl": args.upconv_impl, "downconv_impl": args.downconv_impl,
             "compute_dtype": args.compute_dtype, "deterministic": bool(args.deterministic),
+            "classes": args.classes,
             "steps_per_dispatch": max(k for _, k in plan(args.steps)),
             "compile_s": round(compile_s[kinds[0]], 2),
             "peak_memory_bytes": stats.get("peak_bytes_in_use"),
@@ -324,6 +334,8 @@ def main() -> None:
 
   if args.steps_per_dispatch < 0:
     parser.error(f"--steps-per-dispatch {args.steps_per_dispatch} must be >= 0")
+  if args.classes < 0:
+    parser.error(f"--classes {args.classes} must be >= 0")
   if args.hash_steps < 0:
     parser.error(f"--hash-steps {args.hash_steps} must be >= 0")
   if args.peak_tflops < 0:

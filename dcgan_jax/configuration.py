@@ -19,7 +19,8 @@ ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "max_image_pixels": 120_000_000, "tensorboard": False,
                         "loss": "bce", "d_norm": "auto", "spectral_norm": False,
                         "gp_weight": 10.0, "r1_weight": 0.0, "d_steps_per_g_step": 1,
-                        "diffaugment": "", "deterministic": False}
+                        "diffaugment": "", "deterministic": False, "conditional": False,
+                        "max_classes": 1000}
 
 MAX_STEPS = 2**31 - 1  # the step counter is int32
 # Upper bounds of integer fields: what the program can honour on one machine.
@@ -30,7 +31,7 @@ INT_BOUNDS = {"batch_size": 65_536, "nz": 1_024, "ngf": 512, "ndf": 512,
               "checkpoint_every_steps": MAX_STEPS, "sample_every_steps": MAX_STEPS,
               "eval_every_steps": MAX_STEPS, "num_train_steps": MAX_STEPS,
               "max_image_pixels": 178_956_970,  # Pillow refuses larger images itself
-              "d_steps_per_g_step": steps.MAX_D_STEPS}
+              "d_steps_per_g_step": steps.MAX_D_STEPS, "max_classes": 100_000}
 
 
 DEFAULT_CONFIG_FILE = configs.preset_path("default")
@@ -126,6 +127,7 @@ def check_values(config) -> None:
   for field, high in INT_BOUNDS.items():
     _require(c[field] <= high, field, c[field], f"is too large (at most {high:,})")
   _require(c.max_image_pixels > 0, "max_image_pixels", c.max_image_pixels, "must be positive")
+  _require(c.max_classes >= 1, "max_classes", c.max_classes, "must be positive")
   for field in ("adam_b1", "adam_b2", "label_smoothing"):
     _require(0.0 <= c[field] < 1.0, field, c[field], "must be in [0, 1)")
   _require(c.upconv_impl in ops.UPCONV_IMPLS, "upconv_impl", c.upconv_impl,

@@ -258,7 +258,8 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
   """Writes netG.pth and netD.pth (torch.save of the tutorial's state_dicts) of a workdir's
   latest (or best) checkpoint and returns their paths; needs torch. A D that is not the
   tutorial's (spectral norm, a LayerNorm or no norm) has no netD.pth: only netG.pth is written,
-  and a warning says why."""
+  and a warning says why. A class-conditional run is refused (the tutorial's nets take no
+  class)."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ModuleNotFoundError as e:
@@ -268,6 +269,10 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
   from dcgan_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   _, gan, state, _ = workdir_lib.restore(workdir, which, ema)
+  if gan.num_classes:
+    raise UsageError(f"--workdir={workdir} holds a class-conditional run ({gan.num_classes} "
+                     "classes): the PyTorch tutorial's netG and netD have no class input, so "
+                     "it cannot be exported as theirs")
   state = jax.device_get(state)
   g_params = state.g_ema_params if ema else state.g_params
   os.makedirs(out_dir, exist_ok=True)

@@ -44,7 +44,7 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
   results = {}
   if held_out is not None:
     results["real_held_out"] = {"images": len(held_out), **judge.of_images(held_out)}
-  gan = steps.gan_from_config(config)
+  gan = steps.gan_from_config(config, num_classes=workdir_lib.num_classes(config, workdir))
   results["untrained"] = {"step": 0, **evaluation.evaluate_state(
       judge, gan, steps.init_train_state(gan, config.seed), config, z)}
   for which in ("latest", "best"):

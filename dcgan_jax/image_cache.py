@@ -35,6 +35,9 @@ class Cached:
   skipped: list[str]  # "path: reason" of items that could not be decoded
   built: bool  # False when an existing cache was reused
   path: str
+  # the indices (into the items) of those skipped, ascending: image i of the cache is item i of
+  # the items without them; None for a cache written before it recorded them with some skipped
+  dropped: list[int] | None = None
 
 
 def default_cache_dir() -> str:
@@ -156,7 +159,9 @@ def load_or_build(cache_dir: str, name: str, description: dict[str, Any], items:
   array_path, meta_path = f"{base}.npy", f"{base}.json"
   found = _read_complete(array_path, meta_path, key)
   if found is not None:
-    return Cached(found[0], found[1]["skipped"], False, array_path)
+    meta = found[1]
+    dropped = meta.get("dropped", [] if not meta["skipped"] else None)
+    return Cached(found[0], meta["skipped"], False, array_path, dropped)
 
   if os.path.exists(meta_path):
     os.remove(meta_path)  # the marker goes first: a cut-off rebuild is never taken as finished
@@ -180,10 +185,12 @@ def load_or_build(cache_dir: str, name: str, description: dict[str, Any], items:
   skipped = [message for _, message in failures]
   _write_json(meta_path, {"key": key, "complete": True, "count": len(items) - len(failures),
                           "shape": list(shape[1:]), "skipped": skipped,
+                          "dropped": [i for i, _ in failures],
                           "seconds": round(seconds, 3), "source": description.get("source")})
   logging.info("decoded %d images of %s in %.1f s (%.0f images/s) into %s",
                len(items), name, seconds, len(items) / max(seconds, 1e-9), array_path)
-  return Cached(np.load(array_path, mmap_mode="r"), skipped, True, array_path)
+  return Cached(np.load(array_path, mmap_mode="r"), skipped, True, array_path,
+                [i for i, _ in failures])
 
 
 def _new_array(path: str, shape: tuple[int, ...]) -> np.memmap:

@@ -6,6 +6,11 @@ Sources (config.dataset):
   `tfds.data_source` (array_record format); config.data_dir is the tfds data directory.
 - 'imagefolder': every jpg/jpeg/png/bmp/webp file under config.data_dir, recursively.
 
+Where a run needs the images' classes: the embedded digits' labels; an image folder's
+first-level subfolders (torchvision's ImageFolder convention: a class a subfolder, classes
+sorted by name, images searched recursively inside each); a tfds dataset's ClassLabel
+feature 'label'.
+
 Preprocessing is the PyTorch tutorial's (dcgan_jax.decode); scaling to [-1, 1] happens on
 the device (`steps.to_float`), so batches travel as uint8.
 """
@@ -40,6 +45,17 @@ class Source:
   items: Sequence
   load: Callable[[Any], np.ndarray]
   picklable: bool = False  # items and load can go to worker processes
+  labels: np.ndarray | None = None  # int32 (len(items),): each item's class, where known
+  class_names: tuple[str, ...] = ()  # class i's name
+
+
+@dataclasses.dataclass
+class Dataset:
+  """A training set: images uint8 (N, S, S, C) and, where asked for, labels int32 (N,) and the
+  names of the classes they index."""
+  images: np.ndarray
+  labels: np.ndarray | None = None
+  class_names: tuple[str, ...] = ()
 
 
 def _file_stat(path: pathlib.Path) -> list:
@@ -65,11 +81,12 @@ def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def embedded_source(image_size: int, channels: int) -> Source:
   """Returns the embedded digits, preprocessed as any other source."""
-  digits, _ = embedded_digits()
+  digits, labels = embedded_digits()
   resource = _embedded_resource()
   return Source("embedded", {"source": "embedded", "file": str(resource),
                              "stat": _file_stat(pathlib.Path(str(resource)))},
-                digits, lambda d: decode.preprocess(Image.fromarray(d), image_size, channels))
+                digits, lambda d: decode.preprocess(Image.fromarray(d), image_size, channels),
+                labels=labels.astype(np.int32), class_names=tuple(str(d) for d in range(10)))
 
 
 def list_image_files(data_dir: str) -> list[pathlib.Path]:
@@ -88,12 +105,35 @@ def list_image_files(data_dir: str) -> list[pathlib.Path]:
   return files
 
 
+def folder_classes(data_dir: str, relative_files: Sequence[pathlib.PurePath]
+                   ) -> tuple[tuple[str, ...], np.ndarray]:
+  """The classes of an image folder (its first-level subfolders, sorted by name) and the class
+  of each file (paths relative to the folder); UsageError for images loose in the folder
+  itself, or a class subfolder without images."""
+  loose = [p for p in relative_files if len(p.parts) == 1]
+  if loose:
+    raise UsageError(f"config.data_dir={data_dir!r} has images in the folder itself (e.g. "
+                     f"{str(loose[0])!r}): for classes, each class is a subfolder of images")
+  root = pathlib.Path(data_dir).expanduser()
+  names = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
+  index = {name: i for i, name in enumerate(names)}
+  labels = np.array([index[p.parts[0]] for p in relative_files], np.int32)
+  empty = [name for i, name in enumerate(names) if not np.any(labels == i)]
+  if empty:
+    raise UsageError(f"config.data_dir={data_dir!r}: class folder {empty[0]!r} has no images "
+                     f"({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
+  return names, labels
+
+
 def folder_source(data_dir: str, image_size: int, channels: int, jpeg_draft: bool = False,
-                  max_pixels: int | None = None) -> Source:
-  """Returns every image file under data_dir; keyed by each file's relative path, size and mtime."""
+                  max_pixels: int | None = None, classes: bool = False) -> Source:
+  """Returns every image file under data_dir; keyed by each file's relative path, size and mtime.
+  With classes, each file's class is its first-level subfolder (folder_classes)."""
   root = pathlib.Path(data_dir).expanduser().resolve()
   files = list_image_files(data_dir)
-  listing = [[str(p.relative_to(root))] + _file_stat(p) for p in files]
+  relative = [p.relative_to(root) for p in files]
+  names, labels = folder_classes(data_dir, relative) if classes else ((), None)
+  listing = [[str(r)] + _file_stat(p) for r, p in zip(relative, files)]
   load = functools.partial(decode.load_file, image_size=image_size, channels=channels,
                            jpeg_draft=jpeg_draft, max_pixels=max_pixels)
   description = {"source": "imagefolder", "root": str(root), "jpeg_draft": jpeg_draft,
@@ -101,7 +141,7 @@ def folder_source(data_dir: str, image_size: int, channels: int, jpeg_draft: boo
   if max_pixels:  # which images are skipped depends on it
     description["max_image_pixels"] = max_pixels
   return Source(f"folder-{root.name}", description,
-                [str(p) for p in files], load, picklable=True)
+                [str(p) for p in files], load, picklable=True, labels=labels, class_names=names)
 
 
 def _tfds(name: str):
@@ -125,8 +165,10 @@ def check_tfds_name(name: str) -> None:
                      f"named {name!r}") from e
 
 
-def tfds_source(name: str, split: str, data_dir: str, image_size: int, channels: int) -> Source:
-  """Returns the 'image' feature of a prepared tfds dataset, read with `tfds.data_source`."""
+def tfds_source(name: str, split: str, data_dir: str, image_size: int, channels: int,
+                classes: bool = False) -> Source:
+  """Returns the 'image' feature of a prepared tfds dataset, read with `tfds.data_source`; with
+  classes, its ClassLabel feature 'label' too (tfds_labels)."""
   tfds = _tfds(name)
   check_tfds_name(name)
   try:  # download=False: never reach for the network; tfds's own error here is misleading
@@ -148,25 +190,50 @@ def tfds_source(name: str, split: str, data_dir: str, image_size: int, channels:
   description = {"source": "tfds", "name": name, "split": split,
                  "data_dir": str(getattr(info, "data_dir", data_dir)),
                  "version": str(getattr(info, "version", "")), "count": len(source)}
-  return Source(f"tfds-{name}-{split}".replace("/", "_"), description, range(len(source)), load)
+  names, labels = tfds_labels(tfds, name, split, data_dir, info) if classes else ((), None)
+  return Source(f"tfds-{name}-{split}".replace("/", "_"), description, range(len(source)), load,
+                labels=labels, class_names=names)
 
 
-def make_source(config) -> Source:
+def tfds_labels(tfds, name: str, split: str, data_dir: str, info
+                ) -> tuple[tuple[str, ...], np.ndarray]:
+  """The class names of a tfds dataset's ClassLabel feature 'label' and each example's label."""
+  features = getattr(info, "features", None)
+  feature = features["label"] if features is not None and "label" in features.keys() else None
+  names = getattr(feature, "names", None)
+  if not names:
+    raise UsageError(f"config.dataset='tfds:{name}' has no ClassLabel feature 'label': its "
+                     "images have no classes")
+  # every example is read whole (tfds's decoders that skip images need TensorFlow)
+  source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+  labels = np.array([int(source[i]["label"]) for i in range(len(source))], np.int32)
+  return tuple(names), labels
+
+
+def make_source(config, classes: bool = False) -> Source:
+  """The source of config.dataset; with classes, also its images' classes."""
   size, channels = config.image_size, config.channels
   if config.dataset == "embedded":
     return embedded_source(size, channels)
   if config.dataset == "imagefolder":
     return folder_source(config.data_dir, size, channels, config.jpeg_draft,
-                         config.max_image_pixels)
+                         config.max_image_pixels, classes)
   if config.dataset.startswith("tfds:"):
-    return tfds_source(config.dataset[5:], config.split, config.data_dir, size, channels)
+    return tfds_source(config.dataset[5:], config.split, config.data_dir, size, channels,
+                       classes)
   raise UsageError(f"config.dataset={config.dataset!r} is not 'embedded', 'imagefolder' "
                    "or 'tfds:<name>'")
 
 
 def load_images(config) -> np.ndarray:
   """Returns the whole training set of `config` as uint8 (N, S, S, C), from the cache."""
-  source = make_source(config)
+  return load_dataset(config).images
+
+
+def load_dataset(config, classes: bool = False) -> Dataset:
+  """Returns the whole training set of `config`, its images from the cache; with classes, each
+  image's label and the class names (images that could not be decoded take theirs along)."""
+  source = make_source(config, classes)
   cached = image_cache.load_or_build(
       config.cache_dir or image_cache.default_cache_dir(), source.name, source.description,
       source.items, source.load, config.image_size, config.channels,
@@ -183,7 +250,13 @@ def load_images(config) -> np.ndarray:
                "images)" if config.d_steps_per_g_step > 1 else "")
     raise UsageError(f"config.dataset={config.dataset!r} has {len(cached.images)} readable "
                      f"images, fewer than config.batch_size={config.batch_size}{several}")
-  return cached.images
+  if not classes:
+    return Dataset(cached.images)
+  if cached.dropped is None:  # a cache of an earlier version, which did not record them
+    raise UsageError(f"the image cache {cached.path} does not say which images it skipped: "
+                     "delete it (and its .json) to have it rebuilt")
+  labels = np.delete(source.labels, np.asarray(cached.dropped, np.int64))
+  return Dataset(cached.images, labels, source.class_names)
 
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
@@ -195,8 +268,9 @@ class Batches:
   """Batch `step` of a seeded, per-epoch shuffle; resuming at a step sees the same
   batches as an uninterrupted run. The last partial batch of an epoch is dropped."""
 
-  def __init__(self, images: np.ndarray, batch_size: int, seed: int):
-    self.images, self.batch_size, self.seed = images, batch_size, seed
+  def __init__(self, images: np.ndarray, batch_size: int, seed: int,
+               labels: np.ndarray | None = None):
+    self.images, self.batch_size, self.seed, self.labels = images, batch_size, seed, labels
     self.steps_per_epoch = len(images) // batch_size
     self._epoch, self._order = -1, np.empty(0, np.int64)
 
@@ -220,6 +294,11 @@ class Batches:
     only those rows of each batch (a device's part of it); with length, padded as
     chunk_indices pads."""
     return self.images[self.chunk_indices(first_step, num_steps, length)[:, rows]]
+
+  def chunk_labels(self, first_step: int, num_steps: int, rows: slice = slice(None),
+                   length: int | None = None) -> np.ndarray:
+    """Returns the labels of chunk's images, (K, B) int32, in the same order."""
+    return self.labels[self.chunk_indices(first_step, num_steps, length)[:, rows]]
 
   def chunk_indices(self, first_step: int, num_steps: int,
                     length: int | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@ interpolations from a workdir."""
 
 import functools
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +30,28 @@ def fixed_noise(seed: int, num: int, nz: int, salt: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _generate_u8(gan: steps.GAN, state: steps.TrainState, z_BxZ: jax.Array, bn_mode: str,
-                 ema: bool) -> jax.Array:
+                 ema: bool, labels_B: jax.Array | None = None) -> jax.Array:
   global _traces
   _traces += 1  # runs only while jit traces
-  return images.to_uint8(steps.generate(gan, state, z_BxZ, bn_mode, ema))
+  return images.to_uint8(steps.generate(gan, state, z_BxZ, bn_mode, ema, labels_B))
+
+
+class GridNoise(NamedTuple):
+  """The latents (N, Z) of a run's sample grids, their classes (None for an unconditional run)
+  and the grid's columns (None: as square as it comes)."""
+  z: jax.Array
+  labels: np.ndarray | None
+  ncols: int | None
+
+
+def grid_noise(seed: int, num_images: int, nz: int, num_classes: int = 0) -> GridNoise:
+  """The fixed noise of a run's sample grids: num_images latents; for a conditional run one row
+  per class, each of the same max(1, num_images // num_classes) latents."""
+  if not num_classes:
+    return GridNoise(fixed_noise(seed, num_images, nz, SAMPLE_SALT), None, None)
+  per_row = max(1, num_images // num_classes)
+  z = jnp.tile(fixed_noise(seed, per_row, nz, SAMPLE_SALT), (num_classes, 1))
+  return GridNoise(z, np.repeat(np.arange(num_classes, dtype=np.int32), per_row), per_row)
 
 
 def traces() -> int:
@@ -40,9 +59,16 @@ def traces() -> int:
   return _traces
 
 
+def even_labels(num: int, num_classes: int) -> np.ndarray:
+  """Classes drawn evenly for num images: 0, 1, ..., num_classes - 1, 0, 1, ... (int32)."""
+  return (np.arange(num) % num_classes).astype(np.int32)
+
+
 def generate_images(gan: steps.GAN, state: steps.TrainState, z_NxZ: jax.Array,
-                    batch_size: int, bn_mode: str, ema: bool = False) -> np.ndarray:
-  """Generates uint8 images (N, S, S, C) of G (or its EMA), one per latent.
+                    batch_size: int, bn_mode: str, ema: bool = False,
+                    labels_N: np.ndarray | None = None) -> np.ndarray:
+  """Generates uint8 images (N, S, S, C) of G (or its EMA), one per latent (of class
+  labels_N[i] for a conditional G: by default classes drawn evenly, even_labels).
 
   The one policy of every caller (training grids, evaluation, sample mode, the page): the
   latents go through G in batches of batch_size, each with its own BatchNorm statistics in
@@ -52,8 +78,15 @@ def generate_images(gan: steps.GAN, state: steps.TrainState, z_NxZ: jax.Array,
   """
   z_NxZ = jnp.asarray(z_NxZ, jnp.float32)
   n = len(z_NxZ)
-  padded = jnp.resize(z_NxZ, (-(-n // batch_size) * batch_size, z_NxZ.shape[-1]))
-  batches = [_generate_u8(gan, state, padded[i:i + batch_size], bn_mode, ema)
+  if gan.num_classes and labels_N is None:
+    labels_N = even_labels(n, gan.num_classes)
+  if not gan.num_classes and labels_N is not None:
+    raise ValueError("an unconditional generator takes no labels")
+  size = -(-n // batch_size) * batch_size
+  padded = jnp.resize(z_NxZ, (size, z_NxZ.shape[-1]))
+  labels = None if labels_N is None else jnp.resize(jnp.asarray(labels_N, jnp.int32), (size,))
+  batches = [_generate_u8(gan, state, padded[i:i + batch_size], bn_mode, ema,
+                          None if labels is None else labels[i:i + batch_size])
              for i in range(0, len(padded), batch_size)]  # dispatched without waiting
   return np.concatenate(jax.device_get(batches))[:n]
 

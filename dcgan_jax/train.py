@@ -30,7 +30,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   workdir_lib.check_same_gan(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
-  data = _load_images(config)
+  dataset = _load_images(config)
+  data = dataset.images
+  if config.conditional:
+    _check_classes(config, dataset.class_names, workdir)
   total = configuration.total_steps(config, len(data))
   workdir_lib.check_writable(workdir)  # the first write, once every check has passed
   logging.info("training on %s%s", device.describe(),  # bad input is one line: said after it
@@ -38,7 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   warning = device.cpu_build_warning()
   if warning:
     logging.warning("%s", warning)
-  gan = steps.gan_from_config(config, mesh)
+  gan = steps.gan_from_config(config, mesh, len(dataset.class_names))
   init_compiled = _compile_init_meanwhile(gan, mesh, workdir)
   evaluator = None
   try:
@@ -65,10 +68,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                  "resuming" if restored else "starting", start, total)
     if parallel.is_primary():
       workdir_lib.write_config(config, workdir)
+      if config.conditional:
+        workdir_lib.write_classes(workdir, dataset.class_names)
     if start >= total:
       logging.info("nothing to train: the checkpoint is at step %d >= %d", start, total)
       return state
-    state, ended = _train(config, workdir, gan, state, data, total, ckpt, evaluator, mesh,
+    state, ended = _train(config, workdir, gan, state, dataset, total, ckpt, evaluator, mesh,
                           extra)
   except DivergedError:  # say what the workdir holds, then the error
     if parallel.is_primary():
@@ -88,6 +93,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     _log_summary(workdir, ended, start, int(state.step), total, time.perf_counter() - t0,
                  evaluator)
   return state
+
+
+def _check_classes(config: ml_collections.ConfigDict, class_names: tuple[str, ...],
+                   workdir: str) -> None:
+  """A conditional run's classes: at least two, at most config.max_classes, and those the
+  workdir's run was trained on."""
+  if len(class_names) > config.max_classes:
+    raise UsageError(f"config.dataset={config.dataset!r} has {len(class_names):,} classes, more "
+                     f"than config.max_classes={config.max_classes:,}")
+  if len(class_names) < 2:
+    raise UsageError(f"config.dataset={config.dataset!r} has {len(class_names)} class "
+                     f"{configuration.shown(list(class_names))}: config.conditional needs two "
+                     "or more")
+  workdir_lib.check_same_classes(workdir, class_names, config.max_classes)
 
 
 def _compile_init_meanwhile(gan: steps.GAN, mesh: jax.sharding.Mesh,
@@ -119,7 +138,7 @@ def _log_summary(workdir: str, ended: str, start: int, done: int, total: int, se
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
-           state: steps.TrainState, data: np.ndarray, total: int,
+           state: steps.TrainState, dataset: input_pipeline.Dataset, total: int,
            ckpt: checkpoint.Checkpointer, evaluator: "evaluation.DuringTraining | None",
            mesh: jax.sharding.Mesh, extra: dict) -> tuple[steps.TrainState, str]:
   """Trains from state.step to total; returns the state and how it ended ('finished' or
@@ -127,14 +146,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
   anything of the state is written), evaluation, the metrics row, the sample grid, the
   checkpoint, and the stop request (SIGTERM or SIGINT: a checkpoint, then stop)."""
   start = done = int(state.step)
+  data = dataset.images
   rows = _Rows(config, workdir, start, total, len(data),
                evaluator.columns if evaluator is not None else [], extra.get("pending", {}),
                ["d_penalty"] if gan.has_penalty else [])
-  grid_z = sampling.fixed_noise(config.seed, config.num_sample_images, config.nz,
-                                sampling.SAMPLE_SALT)
+  grid = sampling.grid_noise(config.seed, config.num_sample_images, config.nz,
+                             gan.num_classes)
   eval_every = config.eval_every_steps if evaluator is not None else 0
   board = _open_board(config, workdir, start)
-  run, prefetcher = _feed(config, gan, data, start, total, mesh)
+  run, prefetcher = _feed(config, gan, dataset, start, total, mesh)
 
   def due(every: int) -> bool:
     return every > 0 and (done % every == 0 or done == total)
@@ -170,10 +190,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
             board.scalars(done, {k: v for k, v in row.items() if k != "step"})
             board.flush()
         if due(config.sample_every_steps) and parallel.is_primary():
-          grid = _write_grid(workdir, gan, state, grid_z, config.sample_bn_mode, done,
-                             done == total)
+          picture = _write_grid(workdir, gan, state, grid, config.sample_bn_mode, done,
+                                done == total)
           if board is not None:
-            board.image(done, "samples", grid)
+            board.image(done, "samples", picture)
         if due(config.checkpoint_every_steps):
           save()
         if done < total and stop.requested(done, config.log_every_steps):
@@ -203,13 +223,13 @@ def _open_board(config: ml_collections.ConfigDict, workdir: str, start: int
   return board
 
 
-def _write_grid(workdir: str, gan: steps.GAN, state: steps.TrainState, z_NxZ: jax.Array,
-                bn_mode: str, step: int, last: bool) -> np.ndarray:
+def _write_grid(workdir: str, gan: steps.GAN, state: steps.TrainState,
+                grid: "sampling.GridNoise", bn_mode: str, step: int, last: bool) -> np.ndarray:
   """Writes the fixed-noise grid of a step to samples/ (and, at the end, to samples.png);
   returns it (H, W, C)."""
-  generated = sampling.generate_images(gan, parallel.local_copy(state), z_NxZ, len(z_NxZ),
-                                       bn_mode)
-  grid = images.make_grid(generated)
+  generated = sampling.generate_images(gan, parallel.local_copy(state), grid.z, len(grid.z),
+                                       bn_mode, labels_N=grid.labels)
+  grid = images.make_grid(generated, ncols=grid.ncols)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
   if last:
@@ -318,13 +338,15 @@ def _diverged(ckpt: checkpoint.Checkpointer, step: int, what: str) -> None:
                  f"{kept} (lower the learning rates or set config.label_smoothing)")
 
 
-def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, start: int,
-          total: int, mesh: jax.sharding.Mesh):
+def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, dataset: input_pipeline.Dataset,
+          start: int, total: int, mesh: jax.sharding.Mesh):
   """Returns the dispatch function and a prefetcher of (chunk length, its arguments) from step
-  start to total: batches of images, or of indices into a dataset on the device, and the step
-  count of a shorter chunk."""
+  start to total: batches of images (and of their labels, for a conditional GAN), or of
+  indices into a dataset on the device, and the step count of a shorter chunk."""
   per_step = configuration.images_per_step(config)
-  batches = input_pipeline.Batches(data, per_step, config.seed)
+  data = dataset.images
+  labels = dataset.labels if gan.num_classes else None
+  batches = input_pipeline.Batches(data, per_step, config.seed, labels)
   intervals = (config.log_every_steps, config.sample_every_steps, config.checkpoint_every_steps)
   if evaluation.enabled(config):
     intervals += (config.eval_every_steps,)
@@ -344,10 +366,13 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
       return data[index]
 
     on_device = parallel.global_array(data.shape, parallel.replicated(mesh), dataset_part)
+    labels_on_device = None if labels is None else parallel.global_array(
+        labels.shape, parallel.replicated(mesh), lambda index: labels[index])
 
     def run_gathered(state, fed):
       indices_KxB, num_steps = fed
-      return _train_steps_gather(gan, state, on_device, indices_KxB, num_steps)
+      return _train_steps_gather(gan, state, on_device, indices_KxB, num_steps,
+                                 labels_on_device)
 
     def indices(chunk: tuple[int, int]):
       first, k = chunk
@@ -357,8 +382,8 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
     return run_gathered, input_pipeline.Prefetcher(indices, chunks, config.prefetch_batches)
 
   def run(state, fed):
-    images_KxBxSxSxC, num_steps = fed
-    return _train_steps(gan, state, images_KxBxSxSxC, num_steps)
+    images_KxBxSxSxC, num_steps, labels_KxB = fed
+    return _train_steps(gan, state, images_KxBxSxSxC, num_steps, labels_KxB)
 
   def images(chunk: tuple[int, int]):
     first, k = chunk
@@ -366,7 +391,13 @@ def _feed(config: ml_collections.ConfigDict, gan: steps.GAN, data: np.ndarray, s
     def rows(index):  # each process reads its own devices' rows
       return batches.chunk(first, k, rows=index[1], length=most)
 
-    return k, (parallel.global_array((most, per_step) + data.shape[1:], split, rows), count(k))
+    def label_rows(index):
+      return batches.chunk_labels(first, k, rows=index[1], length=most)
+
+    chunk_labels = None if labels is None else parallel.global_array(
+        (most, per_step), split, label_rows)
+    return k, (parallel.global_array((most, per_step) + data.shape[1:], split, rows), count(k),
+               chunk_labels)
 
   return run, input_pipeline.Prefetcher(images, chunks, config.prefetch_batches)
 
@@ -448,14 +479,15 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _load_images(config: ml_collections.ConfigDict) -> np.ndarray:
-  """Returns the training images; with several processes, process 0 first (it builds the cache
-  where the others find it on a shared file system; elsewhere each builds its own)."""
+def _load_images(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
+  """Returns the training images (and, for a conditional run, their labels and class names);
+  with several processes, process 0 first (it builds the cache where the others find it on a
+  shared file system; elsewhere each builds its own)."""
   if not parallel.is_primary():
     parallel.sync("dcgan_jax:images")
-    return input_pipeline.load_images(config)
+    return input_pipeline.load_dataset(config, config.conditional)
   try:
-    return input_pipeline.load_images(config)
+    return input_pipeline.load_dataset(config, config.conditional)
   finally:  # also on an error, which the others then meet themselves
     parallel.sync("dcgan_jax:images")
 

@@ -13,7 +13,11 @@ from dcgan_jax.errors import UsageError
 
 CHECKPOINTS = "checkpoints"  # the latest checkpoints of the run
 BEST = "best"  # the best checkpoint by config.best_metric
-_MODEL_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "d_norm", "spectral_norm")
+_MODEL_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "d_norm", "spectral_norm",
+                 "conditional")
+CLASSES = "classes.json"  # a conditional run's class names, in label order
+_MAX_CLASS_NAME_CHARS = 1024
+_MAX_CLASSES_BYTES = 64 * 2**20
 # The GAN a run trains (docs/guide.md#gan-variants): a resumed run keeps its own.
 _GAN_FIELDS = ("loss", "r1_weight", "gp_weight", "d_steps_per_g_step", "diffaugment")
 
@@ -71,6 +75,59 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+def write_classes(workdir: str, class_names: tuple[str, ...]) -> None:
+  """Writes a conditional run's class names (label i is class_names[i]) into workdir/classes.json,
+  atomically."""
+  path = os.path.join(workdir, CLASSES)
+  with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
+    with open(f"{path}.tmp", "w") as f:
+      json.dump(list(class_names), f, indent=1)
+    os.replace(f"{path}.tmp", path)
+
+
+def read_classes(workdir: str, max_classes: int) -> tuple[str, ...] | None:
+  """A conditional run's class names from workdir/classes.json; None where there is none.
+  UsageError naming the file for anything but a list of 1 to max_classes distinct names."""
+  path = os.path.join(workdir, CLASSES)
+  if not os.path.isfile(path):
+    return None
+  try:
+    if os.path.getsize(path) > _MAX_CLASSES_BYTES:
+      raise UsageError(f"{path} is larger than {_MAX_CLASSES_BYTES // 2**20} MiB: not a list of "
+                       "class names")
+    with open(path) as f:
+      names = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{path} cannot be read as JSON ({type(e).__name__})") from e
+  if (not isinstance(names, list) or not 1 <= len(names) <= max_classes
+      or not all(isinstance(n, str) and len(n) <= _MAX_CLASS_NAME_CHARS for n in names)
+      or len(set(names)) != len(names)):
+    raise UsageError(f"{path} is not a list of 1 to {max_classes:,} distinct class names "
+                     f"(strings of at most {_MAX_CLASS_NAME_CHARS} characters)")
+  return tuple(names)
+
+
+def check_same_classes(workdir: str, class_names: tuple[str, ...], max_classes: int) -> None:
+  """Refuses a workdir whose run was trained on another list of classes (a label's meaning
+  would change)."""
+  saved = read_classes(workdir, max_classes)
+  if saved is not None and saved != tuple(class_names):
+    raise UsageError(f"--workdir={workdir} holds a run trained on {len(saved)} classes "
+                     f"{configuration.shown(list(saved))} ({CLASSES}); the data has "
+                     f"{len(class_names)}: {configuration.shown(list(class_names))}: use the "
+                     "same data or another --workdir")
+
+
+def num_classes(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """The classes a workdir's run is conditional on (0 for an unconditional run)."""
+  if not config.conditional:
+    return 0
+  names = read_classes(workdir, config.max_classes)
+  if names is None:
+    raise UsageError(f"--workdir={workdir!r} holds a conditional run without its {CLASSES}")
+  return len(names)
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """Reads the config a workdir's run was trained with, fields added since filled in with the
   values that reproduce it, checked as a config file's fields are (types, choices, bounds);
@@ -111,7 +168,7 @@ def restore(workdir: str, which: str = "latest", ema: bool = False
   config = load_config(workdir)
   if not os.path.isdir(folder):
     raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint ({folder} is missing)")
-  gan = steps.gan_from_config(config)
+  gan = steps.gan_from_config(config, num_classes=num_classes(config, workdir))
   found = checkpoint.restore_newest(folder, steps.abstract_train_state(gan))
   if found is None:
     raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint to sample from")

@@ -120,6 +120,8 @@ def test_all_reduce_traffic_of_hlo_text():
 def test_bad_benchmark_arguments_get_one_line():
   for script, args, message in (
       ("throughput.py", ["--impl", "jax", "--peak-tflops", "-1", *TINY], "--peak-tflops -1.0"),
+      ("throughput.py", ["--impl", "jax", "--classes", "-2", *TINY], "--classes -2 must be >= 0"),
+      ("throughput.py", ["--impl", "jax", "--hash-steps", "-1", *TINY], "--hash-steps -1 must"),
       ("epoch.py", ["--image-size", "48", "--num-images", "300"], "config.image_size=48"),
       ("epoch.py", ["--num-images", "100"], "--num-images 100 is smaller")):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
@@ -256,6 +258,14 @@ def test_two_fresh_processes_hash_the_same_state_and_other_steps_another():
   assert [l["hash_steps"] for l in hashed] == [2, 2, 3]
   assert all(len(l["state_sha256"]) == 64 and l["ms_per_step"] > 0 for l in hashed)
   assert hashed[0]["state_sha256"] == hashed[1]["state_sha256"] != hashed[2]["state_sha256"]
+
+
+@pytest.mark.slow  # a conditional training step compiled in a subprocess
+def test_conditional_line_times_a_class_conditional_step():
+  [line] = _run("--impl", "jax", *TINY, "--classes", "3", "--hash-steps", "1")
+  assert line["classes"] == 3 and line["ms_per_step"] > 0 and "error" not in line
+  [plain] = _run("--impl", "jax", *TINY, "--hash-steps", "1")
+  assert plain["classes"] == 0 and plain["state_sha256"] != line["state_sha256"]
 
 
 def test_state_hash_covers_every_leaf_its_dtype_and_shape():

@@ -252,3 +252,101 @@ def test_prefetcher_close_stops_the_producer_early():
   next(iter(prefetcher))
   prefetcher.close()
   assert len(made) < 10 and not prefetcher._thread.is_alive()  # pylint: disable=protected-access
+
+
+def test_embedded_labels_are_the_digits_own():
+  config = default.get_config()
+  config.image_size, config.channels = 32, 1
+  data = input_pipeline.load_dataset(config, classes=True)
+  _, labels = input_pipeline.embedded_digits()
+  assert data.images.shape == (5000, 32, 32, 1) and data.labels.dtype == np.int32
+  np.testing.assert_array_equal(data.labels, labels)
+  assert np.bincount(data.labels).tolist() == [500] * 10
+  assert data.class_names == tuple("0123456789")
+  assert input_pipeline.load_dataset(config).labels is None  # not asked for
+
+
+def _class_folder(root):
+  """Classes 'cat' (red images, one in a nested folder) and 'ant' (blue), a broken image in
+  'cat', and a folder named like a file extension that is not a class."""
+  for name, color, count in (("cat", (255, 0, 0), 3), ("ant", (0, 0, 255), 2)):
+    for i in range(count):
+      where = root / name / ("nested" if i == 2 else "")
+      where.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(np.full((20, 20, 3), color, np.uint8)).save(where / f"{i}.png")
+  (root / "cat" / "0broken.png").write_text("not a png")
+  return root
+
+
+def test_folder_classes_are_first_level_subfolders_and_travel_with_their_images(tmp_path):
+  root = _class_folder(tmp_path / "images")
+  config = folder_config(root, tmp_path / "cache")
+  for attempt in ("built", "reused"):  # the skipped image's class goes with it, also on reuse
+    data = input_pipeline.load_dataset(config, classes=True)
+    assert data.class_names == ("ant", "cat"), attempt
+    assert data.images.shape[0] == len(data.labels) == 5
+    red = data.images[:, 16, 16, 0] > 128
+    np.testing.assert_array_equal(data.labels, np.where(red, 1, 0))
+    assert sorted(data.labels.tolist()) == [0, 0, 1, 1, 1]
+  # without classes the same files make the same cache: nothing is decoded again
+  assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+  assert input_pipeline.load_images(config).shape[0] == 5
+
+
+def test_folder_without_class_structure_is_refused_in_one_line(tmp_path):
+  root = _class_folder(tmp_path / "loose")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "stray.png")
+  config = folder_config(root, tmp_path / "cache")
+  with pytest.raises(UsageError, match=r"has images in the folder itself \(e.g. 'stray.png'\)"):
+    input_pipeline.load_dataset(config, classes=True)
+  assert input_pipeline.load_images(config).shape[0] == 6  # without classes: every image
+  root = _class_folder(tmp_path / "empty_class")
+  (root / "bee" / "sub").mkdir(parents=True)
+  (root / "bee" / "notes.txt").write_text("no images here")
+  with pytest.raises(UsageError, match="class folder 'bee' has no images") as e:
+    input_pipeline.load_dataset(folder_config(root, tmp_path / "cache"), classes=True)
+  assert "\n" not in str(e.value)
+
+
+def test_a_cache_that_did_not_record_its_skipped_images_is_not_given_labels(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+
+  root = _class_folder(tmp_path / "images")
+  config = folder_config(root, tmp_path / "cache")
+  input_pipeline.load_dataset(config, classes=True)
+  [meta] = (tmp_path / "cache").glob("*.json")
+  kept = json.loads(meta.read_text())
+  assert kept["dropped"] == [3]  # ant/0, ant/1, cat/0, cat/0broken.png: in sorted order
+  del kept["dropped"]
+  meta.write_text(json.dumps(kept))
+  with pytest.raises(UsageError, match="does not say which images it skipped: delete it"):
+    input_pipeline.load_dataset(config, classes=True)
+  assert input_pipeline.load_images(config).shape[0] == 5  # the images are still good
+
+
+def test_tfds_labels_come_with_their_class_names(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = default.get_config()
+  config.dataset, config.cache_dir, config.batch_size = "tfds:mnist", str(tmp_path), 4
+  config.image_size, config.channels = 32, 1
+  with tfds.testing.mock_data(num_examples=6):
+    data = input_pipeline.load_dataset(config, classes=True)
+    source = tfds.data_source("mnist", split="train")
+    want = [int(source[i]["label"]) for i in range(6)]
+  assert data.class_names == tuple(str(d) for d in range(10))
+  assert data.labels.tolist() == want and data.images.shape == (6, 32, 32, 1)
+  config.dataset = "tfds:celeb_a"  # attributes, no class label
+  config.image_size, config.channels = 64, 3
+  with tfds.testing.mock_data(num_examples=5):
+    with pytest.raises(UsageError, match="'tfds:celeb_a' has no ClassLabel feature 'label'"):
+      input_pipeline.load_dataset(config, classes=True)
+
+
+def test_chunk_labels_are_those_of_the_chunks_images():
+  images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+  labels = np.arange(10, dtype=np.int32) * 7
+  batches = input_pipeline.Batches(images, 3, seed=5, labels=labels)
+  chunk = batches.chunk(2, 2, rows=slice(1, 3), length=3)
+  got = batches.chunk_labels(2, 2, rows=slice(1, 3), length=3)
+  assert got.shape == (3, 2) and got.dtype == np.int32
+  np.testing.assert_array_equal(got, chunk[..., 0, 0, 0].astype(np.int32) * 7)

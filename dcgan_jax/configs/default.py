@@ -23,6 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.split = "train"  # tfds split
   config.image_size = 32  # 32, 64 or 128
   config.channels = 1  # 1 (grayscale) or 3 (RGB); images are converted to this
+  # Class-conditional G and D, on the data's classes: the embedded digits' labels, a tfds
+  # dataset's ClassLabel feature 'label', an image folder's first-level subfolders (one per
+  # class, as torchvision's ImageFolder reads them). The classes are kept in the workdir
+  # (classes.json); sample grids show one row per class.
+  config.conditional = False
+  config.max_classes = 1000  # a conditional run refuses data with more classes than this
   # The decoded-image cache; '' = $XDG_CACHE_HOME/dcgan_jax or ~/.cache/dcgan_jax.
   config.cache_dir = ""
   config.strict_data = False  # unreadable images: False skips them (logged), True stops
