@@ -46,29 +46,56 @@ class Run:
   def __init__(self, workdir: str, which: str, ema: bool):
     self.workdir, self.checkpoint, self.ema = workdir, which, ema
     self.config, self.gan, self.state, self.step = workdir_lib.restore(workdir, which, ema)
+    # a conditional run's class names: label i is class_names[i]; () for an unconditional run
+    self.class_names = ((workdir_lib.read_classes(workdir, self.config.max_classes) or ())
+                        if self.gan.num_classes else ())
+
+  def _labels(self, label, n: int) -> np.ndarray | None:
+    """n labels: label (an int, or a sequence of ints gone through in turn) checked against
+    the run's classes; a conditional run's classes in turn where label is None."""
+    if label is None:
+      return None  # generate_images draws a conditional G's classes evenly
+    asked = sampling.check_labels([label] if np.ndim(label) == 0 else list(label),
+                                  self.class_names, "label")
+    return np.resize(np.asarray(asked, np.int32), n)
 
   def generate(self, n: int, seed: int = 0, batch_size: int = 64,
-               bn_mode: str | None = None) -> np.ndarray:
+               bn_mode: str | None = None, label=None) -> np.ndarray:
     """Generates n images of a seed as uint8 (n, S, S, C): those of `--mode sample
-    --sample_seed seed --grid_size batch_size --num_images n`."""
+    --sample_seed seed --grid_size batch_size --num_images n`. A conditional run draws class
+    `label` (an index of class_names; a list: its classes in turn; None: every class in
+    turn)."""
     sampling.check_range("n", n, 1, sampling.MAX_SINGLE_IMAGES)
     sampling.check_range("seed", seed, 0, sampling.MAX_SEED)
     sampling.check_range("batch_size", batch_size, 1, sampling.MAX_GRID_SIZE)
     bn_mode = sampling.resolve_bn_mode(bn_mode, self.config.sample_bn_mode)
+    labels = self._labels(label, n)
+    if self.gan.num_classes:  # the singles of --mode sample: their own latents
+      z = sampling.fixed_noise(seed, n, self.config.nz, sampling.SAMPLE_SALT)
+      if labels is None:
+        labels = np.resize(np.arange(self.gan.num_classes, dtype=np.int32), n)
+      return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema,
+                                      labels)
     z = sampling.fixed_noise(seed, max(n, batch_size), self.config.nz, sampling.SAMPLE_SALT)
     return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema)[:n]
 
   def interpolate(self, seed_a: int, seed_b: int, frames: int = 16, batch_size: int = 64,
-                  bn_mode: str | None = None) -> np.ndarray:
+                  bn_mode: str | None = None, label: int | None = None) -> np.ndarray:
     """Generates the slerp from seed_a's first latent to seed_b's as uint8 (frames, S, S, C):
-    with seed_b = seed_a + 1, the frames of `--mode sample --interpolation_frames frames`."""
+    with seed_b = seed_a + 1, the frames of `--mode sample --interpolation_frames frames`. A
+    conditional run's interpolation stays within the one class `label` (needed there)."""
     sampling.check_range("seed_a", seed_a, 0, sampling.MAX_SEED)
     sampling.check_range("seed_b", seed_b, 0, sampling.MAX_SEED)
     sampling.check_range("frames", frames, 2, sampling.MAX_INTERPOLATION_FRAMES)
     sampling.check_range("batch_size", batch_size, 1, sampling.MAX_GRID_SIZE)
     bn_mode = sampling.resolve_bn_mode(bn_mode, self.config.sample_bn_mode)
+    if self.gan.num_classes and (label is None or np.ndim(label) != 0):
+      raise UsageError("interpolate: a conditional run's interpolation stays within one class: "
+                       "give label= one class index")
+    labels = self._labels(label, frames)
     z = sampling.interpolation_noise(seed_a, seed_b, frames, self.config.nz)
-    return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema)
+    return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema,
+                                    labels)
 
   def evaluate(self, evaluator: str | None = None, inception_weights: str | None = None,
                num_samples: int | None = None) -> dict[str, float]:
@@ -76,7 +103,9 @@ class Run:
     class histogram) as the run's evaluation does; the run's evaluator unless given."""
     config = eval_run.eval_config(self.config, self.workdir, evaluator, inception_weights,
                                   num_samples, None)
-    judge, _ = evaluation.from_config(config, input_pipeline.load_images(config))
+    class_names = ((workdir_lib.read_classes(self.workdir, config.max_classes) or ())
+                   if config.conditional else ())
+    judge, _ = evaluation.from_config(config, input_pipeline.load_images(config), class_names)
     state = self.state
     if self.ema:  # measure the EMA as G
       state = state.replace(g_params=state.g_ema_params, g_ema_params=None)

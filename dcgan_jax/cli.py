@@ -47,6 +47,10 @@ def define_flags() -> None:
   flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
                     "sample mode: the latest checkpoint or the best (workdir/best).")
   flags.DEFINE_bool("ema", False, "sample mode: sample G's EMA (runs with config.g_ema_decay).")
+  flags.DEFINE_string("label", None,
+                      "sample mode, a conditional run: the class to draw (its index, as in the "
+                      "workdir's classes.json), or several: 0,3,7 (a grid row each). Default: "
+                      "every class.")
   flags.DEFINE_enum("bn_mode", None, ["train", "eval"],
                     "sample and eval modes: BatchNorm with batch statistics or running "
                     "averages (default: the run's config.sample_bn_mode).")
@@ -150,7 +154,8 @@ def _run_mode(mode: str) -> None:
     from dcgan_jax import sampling
     paths = sampling.sample_from_workdir(
         FLAGS.workdir, FLAGS.sample_seed, FLAGS.num_images, FLAGS.grid_size, FLAGS.bn_mode,
-        FLAGS.interpolation_frames, FLAGS.checkpoint, FLAGS.ema)
+        FLAGS.interpolation_frames, FLAGS.checkpoint, FLAGS.ema,
+        sampling.parse_labels(FLAGS.label))
     logging.info("wrote %s%s", paths[0],
                  f" and {len(paths) - 1} files beside it" if len(paths) > 1 else "")
   elif mode == "serve":

@@ -3,6 +3,7 @@ the same metrics of held-out real images (the floor) and of an untrained generat
 
 import json
 import os
+import re
 
 import ml_collections
 import numpy as np
@@ -39,14 +40,17 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
   config = eval_config(workdir_lib.load_config(workdir), workdir, evaluator, inception_weights,
                        num_samples, bn_mode)
   data = input_pipeline.load_images(config)
-  judge, held_out = evaluation.from_config(config, data)
+  class_names = ((workdir_lib.read_classes(workdir, config.max_classes) or ())
+                 if config.conditional else ())
+  judge, held_out = evaluation.from_config(config, data, class_names)
   z = evaluation.eval_noise(config)
   results = {}
   if held_out is not None:
-    results["real_held_out"] = {"images": len(held_out), **judge.of_images(held_out)}
+    results["real_held_out"] = {"images": len(held_out), **judge.of_images(
+        held_out, evaluation.held_out_labels(config, len(data)), per_class=True)}
   gan = steps.gan_from_config(config, num_classes=workdir_lib.num_classes(config, workdir))
   results["untrained"] = {"step": 0, **evaluation.evaluate_state(
-      judge, gan, steps.init_train_state(gan, config.seed), config, z)}
+      judge, gan, steps.init_train_state(gan, config.seed), config, z, per_class=True)}
   for which in ("latest", "best"):
     try:
       _, gan, state, step = workdir_lib.restore(workdir, which)
@@ -54,7 +58,8 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
       if which == "latest":
         raise
       continue  # a run without evaluation has no best checkpoint
-    results[which] = {"step": step, **evaluation.evaluate_state(judge, gan, state, config, z)}
+    results[which] = {"step": step, **evaluation.evaluate_state(judge, gan, state, config, z,
+                                                                per_class=True)}
   report = {"evaluator": config.evaluator, "generated_images": config.eval_num_samples,
             "reference_images": judge.num_real, "bn_mode": config.sample_bn_mode,
             "results": results}
@@ -67,9 +72,11 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
 
 
 def format_report(report: dict) -> str:
-  """Returns a plain table: one row per evaluated set, one column per metric."""
+  """Returns a plain table: one row per evaluated set, one column per metric (each class's
+  accuracy is in eval.json only)."""
   rows = report["results"]
-  columns = sorted({k for r in rows.values() for k in r if k not in ("step", "images")},
+  columns = sorted({k for r in rows.values() for k in r if k not in ("step", "images")
+                    and not re.fullmatch(r"(ema_)?class_accuracy_\d+", k)},
                    key=lambda k: (k.startswith("ema_"), k))
   lines = [f"{report['evaluator']} evaluator, {report['generated_images']} generated images "
            f"against {report['reference_images']} real ones (BatchNorm {report['bn_mode']})",

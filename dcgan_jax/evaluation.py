@@ -24,6 +24,7 @@ from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import UsageError
 
 EVALUATORS = ("classifier", "inception")
+DIGIT_CLASSES = tuple(str(d) for d in range(10))  # a run whose classes the digit classifier judges
 
 # (float images in [-1, 1]) -> (features (N, D), predicted classes (N,) or None)
 ExtractFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
@@ -113,8 +114,11 @@ class Evaluator:
   """FID/KID of sets of images against a fixed set of real images."""
 
   def __init__(self, extractor: Extractor, real_u8: np.ndarray, cache_dir: str,
-               kid_subset_size: int = 1000, kid_subsets: int = 100):
+               kid_subset_size: int = 1000, kid_subsets: int = 100,
+               class_names: tuple[str, ...] = ()):
     self.extractor = extractor
+    # class_accuracy: the classifier judges a conditional run on the ten digits
+    self.judges_classes = extractor.name == "classifier" and tuple(class_names) == DIGIT_CLASSES
     self.real_features = _cached_features(extractor, real_u8, cache_dir)
     self.real_stats = fid.feature_stats(self.real_features)
     self.num_real = len(real_u8)
@@ -125,10 +129,15 @@ class Evaluator:
     names = [f"{p}fid", f"{p}kid", f"{p}kid_std"]
     if self.extractor.name == "classifier":
       names += ["classes_present", "min_class_fraction"]
+    if self.judges_classes:
+      names.append("class_accuracy")
     return names
 
-  def of_images(self, images_u8: np.ndarray) -> dict[str, float]:
-    """Returns the metrics of uint8 images (N, S, S, C)."""
+  def of_images(self, images_u8: np.ndarray, labels_N: np.ndarray | None = None,
+                per_class: bool = False) -> dict[str, float]:
+    """Returns the metrics of uint8 images (N, S, S, C); with the classes they were generated
+    for (or, for real images, are of), class_accuracy: the fraction the classifier assigns to
+    their own class (and, with per_class, class_accuracy_<class> for each class)."""
     features, classes = self.extractor.extract(steps_to_float(images_u8))
     p = self.extractor.prefix
     kid, kid_std = fid.kernel_inception_distance(features, self.real_features, self.kid_subsets,
@@ -139,6 +148,13 @@ class Evaluator:
       histogram = np.bincount(classes, minlength=10) / len(classes)
       out.update(classes_present=int(np.sum(histogram > 0)),
                  min_class_fraction=float(histogram.min()))
+      if self.judges_classes and labels_N is not None:
+        labels_N = np.asarray(labels_N)
+        hits = np.asarray(classes) == labels_N
+        out["class_accuracy"] = float(hits.mean())
+        if per_class:
+          out.update({f"class_accuracy_{c}": float(hits[labels_N == c].mean())
+                      for c in range(len(DIGIT_CLASSES)) if np.any(labels_N == c)})
     return out
 
 
@@ -161,6 +177,19 @@ def reference_images(config: ml_collections.ConfigDict, data_u8: np.ndarray
   return np.asarray(_seeded_subset(data_u8, config.eval_num_samples, config.seed)), None
 
 
+def held_out_labels(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray | None:
+  """The digits of reference_images' held-out images (the same seeded choice), None where it
+  chooses none."""
+  if config.dataset != "embedded":
+    return None
+  from dcgan_jax import classifier, input_pipeline  # pylint: disable=g-import-not-at-top
+  _, labels = input_pipeline.embedded_digits()
+  if len(labels) != num_images:
+    return None
+  return _seeded_subset(labels[classifier.held_out_mask(labels)], config.eval_num_samples,
+                        config.seed)
+
+
 def _seeded_subset(images: np.ndarray, num: int, seed: int) -> np.ndarray:
   """Returns all images if there are at most num, else num of them chosen by the seed (in order)."""
   if len(images) <= num:
@@ -169,12 +198,14 @@ def _seeded_subset(images: np.ndarray, num: int, seed: int) -> np.ndarray:
   return images[np.sort(order[:num])]
 
 
-def from_config(config: ml_collections.ConfigDict, data_u8: np.ndarray
-                ) -> tuple[Evaluator, np.ndarray | None]:
-  """Returns the config's evaluator with its real reference, and the held-out real images if any."""
+def from_config(config: ml_collections.ConfigDict, data_u8: np.ndarray,
+                class_names: tuple[str, ...] = ()) -> tuple[Evaluator, np.ndarray | None]:
+  """Returns the config's evaluator with its real reference, and the held-out real images if
+  any; class_names: a conditional run's classes (the classifier judges the ten digits')."""
   reference, held_out = reference_images(config, data_u8)
   cache_dir = config.cache_dir or image_cache.default_cache_dir()
-  return Evaluator(extractor_from_config(config), reference, cache_dir), held_out
+  return Evaluator(extractor_from_config(config), reference, cache_dir,
+                   class_names=class_names), held_out
 
 
 def metric_names(evaluator: Evaluator, ema: bool) -> list[str]:
@@ -192,14 +223,19 @@ def best_metric_name(config: ml_collections.ConfigDict) -> str:
 
 
 def evaluate_state(evaluator: Evaluator, gan: steps.GAN, state: steps.TrainState,
-                   config: ml_collections.ConfigDict, z_NxZ: jax.Array) -> dict[str, float]:
+                   config: ml_collections.ConfigDict, z_NxZ: jax.Array,
+                   per_class: bool = False) -> dict[str, float]:
   """Returns the metrics of G (and of its EMA where the state has one), generated from z in batches
-  of config.batch_size with config.sample_bn_mode."""
+  of config.batch_size with config.sample_bn_mode (a conditional G's classes drawn evenly);
+  per_class: class_accuracy of each class too."""
+  labels = sampling.even_labels(len(z_NxZ), gan.num_classes) if gan.num_classes else None
   out = evaluator.of_images(sampling.generate_images(gan, state, z_NxZ, config.batch_size,
-                                                     config.sample_bn_mode))
+                                                     config.sample_bn_mode, labels_N=labels),
+                            labels, per_class)
   if state.g_ema_params is not None:
     ema = evaluator.of_images(sampling.generate_images(gan, state, z_NxZ, config.batch_size,
-                                                       config.sample_bn_mode, ema=True))
+                                                       config.sample_bn_mode, ema=True,
+                                                       labels_N=labels), labels, per_class)
     out.update({f"ema_{k}": v for k, v in ema.items()})
   return out
 
@@ -225,15 +261,15 @@ class DuringTraining:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, data_u8: np.ndarray, gan: steps.GAN,
-               workdir: str):
+               workdir: str, class_names: tuple[str, ...] = ()):
     self.config, self.gan = config, gan
     self.best_dir = workdir_lib.checkpoint_dir(workdir, "best")
     self.metric = best_metric_name(config)
     self.evaluator, self.floor = None, None
     if parallel.is_primary():
-      self.evaluator, held_out = from_config(config, data_u8)
+      self.evaluator, held_out = from_config(config, data_u8, class_names)
       if held_out is not None:
-        floor = self.evaluator.of_images(held_out)
+        floor = self.evaluator.of_images(held_out, held_out_labels(config, len(data_u8)))
         logging.info("held-out real images (%d) against the reference (%d): %s",
                      len(held_out), self.evaluator.num_real,
                      " ".join(f"{k} {v:.4g}" for k, v in floor.items()))

@@ -60,6 +60,10 @@ def summary(workdir: str, ended: str, start: int, done: int, total: int, seconds
       if q is not None:
         lines.append(f"  {column} of {who}: final {q.final[0]:.4g} at step {q.final[1]:,}, best "
                      f"{q.best[0]:.4g} at step {q.best[1]:,}")
+  for who, column in (("G", "class_accuracy"), ("G's EMA", "ema_class_accuracy")):
+    q = quality(rows, column)  # a conditional run the classifier judges
+    if q is not None:
+      lines.append(f"  {column} of {who}: final {q.final[0]:.4f} at step {q.final[1]:,}")
   files = [os.path.join(workdir, name) for name in ("samples.png", "losses.png", "quality.png")]
   files = [f for f in files if os.path.exists(f)]
   if files:

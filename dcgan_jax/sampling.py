@@ -3,6 +3,7 @@ interpolations from a workdir."""
 
 import functools
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -44,14 +45,55 @@ class GridNoise(NamedTuple):
   ncols: int | None
 
 
-def grid_noise(seed: int, num_images: int, nz: int, num_classes: int = 0) -> GridNoise:
-  """The fixed noise of a run's sample grids: num_images latents; for a conditional run one row
-  per class, each of the same max(1, num_images // num_classes) latents."""
-  if not num_classes:
+def grid_noise(seed: int, num_images: int, nz: int, classes: Sequence[int] = ()) -> GridNoise:
+  """The fixed noise of a grid of num_images latents; for a conditional run one row per class
+  of `classes`, each of the same max(1, num_images // len(classes)) latents (one class: a
+  square grid of it)."""
+  if not classes:
     return GridNoise(fixed_noise(seed, num_images, nz, SAMPLE_SALT), None, None)
-  per_row = max(1, num_images // num_classes)
-  z = jnp.tile(fixed_noise(seed, per_row, nz, SAMPLE_SALT), (num_classes, 1))
-  return GridNoise(z, np.repeat(np.arange(num_classes, dtype=np.int32), per_row), per_row)
+  if len(classes) == 1:
+    return GridNoise(fixed_noise(seed, num_images, nz, SAMPLE_SALT),
+                     np.full(num_images, classes[0], np.int32), None)
+  per_row = max(1, num_images // len(classes))
+  z = jnp.tile(fixed_noise(seed, per_row, nz, SAMPLE_SALT), (len(classes), 1))
+  return GridNoise(z, np.repeat(np.asarray(classes, np.int32), per_row), per_row)
+
+
+def check_labels(labels: Sequence[int] | None, class_names: tuple[str, ...], name: str
+                 ) -> tuple[int, ...]:
+  """The classes asked for (by index), checked against a run's classes (none: an
+  unconditional run); UsageError naming the value and what is allowed."""
+  if labels is None:
+    return ()
+  labels = tuple(labels)
+  if not class_names:
+    raise UsageError(f"{name}={','.join(map(str, labels))} asks for a class, but this run is "
+                     "unconditional (config.conditional False): it has no classes")
+  for label in labels:
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+      raise UsageError(f"{name}={label!r} is not a class index (a whole number)")
+    if not 0 <= label < len(class_names):
+      named = ", ".join(f"{i} {n!r}" for i, n in enumerate(class_names[:12]))
+      more = f", ... ({len(class_names):,} classes)" if len(class_names) > 12 else ""
+      raise UsageError(f"{name}={label} is not a class of this run: 0 to "
+                       f"{len(class_names) - 1} ({named}{more})")
+  if not labels:
+    raise UsageError(f"{name} names no class")
+  return labels
+
+
+def parse_labels(text: str | None, name: str = "--label") -> tuple[int, ...] | None:
+  """'7' or '0,3,7' as class indices; None for no text; UsageError for anything else."""
+  if text is None:
+    return None
+  labels = []
+  for part in text.split(","):
+    try:
+      labels.append(int(part.strip()))
+    except ValueError:
+      raise UsageError(f"{name}={text!r}: {part.strip()!r} is not a class index (a whole "
+                       "number; several: 0,3,7)") from None
+  return tuple(labels)
 
 
 def traces() -> int:
@@ -135,10 +177,14 @@ def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
 def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
                         grid_size: int = 64, bn_mode: str | None = None,
                         interpolation_frames: int = 0, which: str = "latest",
-                        ema: bool = False) -> list[str]:
+                        ema: bool = False, labels: Sequence[int] | None = None) -> list[str]:
   """Writes, from the latest (or best) checkpoint in workdir: a grid of `grid_size` images,
   `num_images` single PNGs, and with interpolation_frames > 0 a slerp between the latents of
-  seeds `seed` and `seed + 1` as an animated GIF and a PNG strip. Returns the paths written."""
+  seeds `seed` and `seed + 1` as an animated GIF and a PNG strip. Returns the paths written.
+
+  A conditional run draws the classes `labels` (all of them by default): the grid has a row
+  per class, the singles go through the classes in turn, and an interpolation stays within
+  its one class (labels must then name exactly one)."""
   for name, value, low, high in (("sample_seed", seed, 0, MAX_SEED),
                                  ("grid_size", grid_size, 1, MAX_GRID_SIZE),
                                  ("num_images", num_images, 0, MAX_SINGLE_IMAGES),
@@ -149,14 +195,30 @@ def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
     raise UsageError("--interpolation_frames=1: an interpolation has 0 or at least 2 frames")
   config, gan, state, step = workdir_lib.restore(workdir, which, ema)
   bn_mode = resolve_bn_mode(bn_mode, config.sample_bn_mode)
+  names = (workdir_lib.read_classes(workdir, config.max_classes) or ()) if gan.num_classes else ()
+  asked = check_labels(labels, names, "--label")
+  if gan.num_classes and interpolation_frames and len(asked) != 1:
+    raise UsageError("--interpolation_frames: an interpolation of a conditional run stays "
+                     "within one class: give --label with one class")
 
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
-  tag = f"step{step:07d}_seed{seed}_{bn_mode}{'_ema' if ema else ''}"
-  z = fixed_noise(seed, max(grid_size, num_images), config.nz, SAMPLE_SALT)
-  pictures = generate_images(gan, state, z, grid_size, bn_mode, ema)
+  tag = (f"step{step:07d}_seed{seed}_{bn_mode}{'_ema' if ema else ''}"
+         f"{'_class' + '-'.join(map(str, asked)) if asked else ''}")
   written = [os.path.join(out_dir, f"sample_{tag}.png")]
-  write_grid(written[0], pictures[:grid_size])
+  if gan.num_classes:
+    classes = asked or tuple(range(gan.num_classes))
+    grid = grid_noise(seed, grid_size, config.nz, classes)
+    images.save_png(written[0], images.make_grid(
+        generate_images(gan, state, grid.z, grid_size, bn_mode, ema, grid.labels),
+        ncols=grid.ncols))
+    z = fixed_noise(seed, num_images, config.nz, SAMPLE_SALT)
+    turns = np.resize(np.asarray(classes, np.int32), num_images)
+    pictures = generate_images(gan, state, z, grid_size, bn_mode, ema, turns) if num_images else []
+  else:
+    z = fixed_noise(seed, max(grid_size, num_images), config.nz, SAMPLE_SALT)
+    pictures = generate_images(gan, state, z, grid_size, bn_mode, ema)
+    write_grid(written[0], pictures[:grid_size])
   if num_images:
     single_dir = os.path.join(out_dir, tag)
     os.makedirs(single_dir, exist_ok=True)
@@ -166,16 +228,19 @@ def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
   if interpolation_frames:
     path = os.path.join(out_dir, f"interpolation_{tag}_to_seed{seed + 1}")
     written += write_interpolation(path, gan, state, seed, interpolation_frames, grid_size,
-                                   bn_mode, ema)
+                                   bn_mode, ema, asked[0] if asked else None)
   return written
 
 
 def write_interpolation(path_stem: str, gan: steps.GAN, state: steps.TrainState, seed: int,
-                        frames: int, batch_size: int, bn_mode: str, ema: bool) -> list[str]:
-  """Writes the slerp from seed's first latent to seed + 1's as `path_stem`.gif (there and
-  back) and `path_stem`.png (one row); generated in batches of batch_size, as a grid is."""
+                        frames: int, batch_size: int, bn_mode: str, ema: bool,
+                        label: int | None = None) -> list[str]:
+  """Writes the slerp from seed's first latent to seed + 1's (of class label, for a
+  conditional G) as `path_stem`.gif (there and back) and `path_stem`.png (one row); generated
+  in batches of batch_size, as a grid is."""
   z = interpolation_noise(seed, seed + 1, frames, gan.nz)
-  pictures = generate_images(gan, state, z, batch_size, bn_mode, ema)
+  labels = None if label is None else np.full(frames, label, np.int32)
+  pictures = generate_images(gan, state, z, batch_size, bn_mode, ema, labels)
   gif, strip = f"{path_stem}.gif", f"{path_stem}.png"
   scale = max(1, 128 // pictures.shape[1])
   images.save_gif(gif, np.concatenate([pictures, pictures[-2:0:-1]]), scale=scale)

@@ -11,6 +11,8 @@ EMA, all of one shape), never its shapes, so nothing is traced again.
   GET /api/info                          the run: step, sizes, checkpoints, EMA, compilations
   GET /api/grid.png?seed=S&n=N           N images of seed S (the first N of its batch)
   GET /api/interpolation.png?seed_a=A&seed_b=B&frames=F   slerp from A's first latent to B's
+  A conditional run's image endpoints take label=K (a class index of /api/info's classes): the
+  grid of every class in turn without it; an interpolation stays within the class it names.
   GET /api/metrics                       metrics.csv: the last row, the best values, a count
   GET /api/losses.png                    the run's loss plot
   Every image endpoint also takes checkpoint=latest|best and ema=0|1.
@@ -38,6 +40,7 @@ from dcgan_jax.serve_page import PAGE
 
 MAX_IMAGES = 64  # the compiled batch; a grid shows up to this many
 MAX_FRAMES = 16
+MAX_LABEL = 100_000  # above every run's classes (config.max_classes' bound)
 MAX_CONNECTIONS = 16  # connections served at once, a thread each; more wait to be accepted
 CONNECTION_TIMEOUT_S = 20.0  # an idle or slow connection is closed after this long
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -54,6 +57,8 @@ class Explorer:
     self.workdir = workdir
     config, self.gan, state, step = workdir_lib.restore(workdir, "latest")
     self.config, self.bn_mode = config, config.sample_bn_mode
+    self.class_names = ((workdir_lib.read_classes(workdir, config.max_classes) or ())
+                        if self.gan.num_classes else ())
     self.states, self.ema = {}, {}
     self._add("latest", state, step)
     if os.path.isdir(workdir_lib.checkpoint_dir(workdir, "best")):
@@ -90,23 +95,43 @@ class Explorer:
       raise BadRequest("ema=1: this run kept no EMA of G (config.g_ema_decay is 0)")
     return self.ema[which]
 
-  def _images(self, z_NxZ: np.ndarray, which: str, ema: bool) -> np.ndarray:
-    """Generates uint8 images of N <= MAX_IMAGES latents in one batch of MAX_IMAGES."""
+  def _images(self, z_NxZ: np.ndarray, which: str, ema: bool,
+              label: int | None = None) -> np.ndarray:
+    """Generates uint8 images of N <= MAX_IMAGES latents in one batch of MAX_IMAGES (of class
+    label, or a conditional run's classes in turn)."""
     state = self._state(which, ema)
+    labels = None if label is None else np.full(len(z_NxZ), label, np.int32)
     with self._lock:
-      return sampling.generate_images(self.gan, state, z_NxZ, MAX_IMAGES, self.bn_mode)
+      return sampling.generate_images(self.gan, state, z_NxZ, MAX_IMAGES, self.bn_mode,
+                                      labels_N=labels)
 
-  def grid(self, seed: int, n: int, which: str = "latest", ema: bool = False) -> bytes:
+  def _label(self, label: int | None, needed: bool = False) -> int | None:
+    """A request's class, checked against the run's."""
+    if label is None:
+      if needed and self.class_names:
+        raise BadRequest("label: an interpolation of a conditional run stays within one class: "
+                         f"give label=0 to {len(self.class_names) - 1}")
+      return None
+    if not self.class_names:
+      raise BadRequest(f"label={label}: this run is unconditional: it has no classes")
+    if not 0 <= label < len(self.class_names):
+      raise BadRequest(f"label={label} is out of range: 0 to {len(self.class_names) - 1}")
+    return label
+
+  def grid(self, seed: int, n: int, which: str = "latest", ema: bool = False,
+           label: int | None = None) -> bytes:
     """Returns the first n of the seed's MAX_IMAGES images (those of `--mode sample --grid_size
-    64`)."""
+    64`; of class label, or of every class in turn, for a conditional run)."""
+    label = self._label(label)
     z = sampling.fixed_noise(seed, MAX_IMAGES, self.config.nz, sampling.SAMPLE_SALT)
-    pictures = self._images(z, which, ema)[:n]
+    pictures = self._images(z, which, ema, label)[:n]
     return images.png_bytes(images.make_grid(pictures, ncols=math.ceil(math.sqrt(n))))
 
   def interpolation(self, seed_a: int, seed_b: int, frames: int, which: str = "latest",
-                    ema: bool = False) -> bytes:
+                    ema: bool = False, label: int | None = None) -> bytes:
+    label = self._label(label, needed=True)
     z = sampling.interpolation_noise(seed_a, seed_b, frames, self.config.nz)
-    return images.png_bytes(images.make_grid(self._images(z, which, ema), ncols=frames))
+    return images.png_bytes(images.make_grid(self._images(z, which, ema, label), ncols=frames))
 
   def info(self) -> dict:
     c = self.config
@@ -115,7 +140,7 @@ class Explorer:
             "checkpoints": {k: step for k, (_, step) in self.states.items()},
             "ema": sorted(k for k, v in self.ema.items() if v is not None),
             "max_images": MAX_IMAGES, "max_frames": MAX_FRAMES, "max_seed": sampling.MAX_SEED,
-            "compilations": self.compilations}
+            "compilations": self.compilations, "classes": list(self.class_names)}
 
   def metrics(self) -> dict:
     path = os.path.join(self.workdir, "metrics.csv")
@@ -210,12 +235,14 @@ def make_app(explorer: Explorer, hosts: frozenset[str] | None = None):
     if endpoint == "losses":
       return png(explorer.losses_png())
     which, ema = _which(request)
+    label = (_int(request, "label", 0, 0, MAX_LABEL) if "label" in request.args else None)
     if endpoint == "grid":
       return png(explorer.grid(_int(request, "seed", 0, 0, sampling.MAX_SEED),
-                               _int(request, "n", 16, 1, MAX_IMAGES), which, ema))
+                               _int(request, "n", 16, 1, MAX_IMAGES), which, ema, label))
     return png(explorer.interpolation(_int(request, "seed_a", 0, 0, sampling.MAX_SEED),
                                       _int(request, "seed_b", 1, 0, sampling.MAX_SEED),
-                                      _int(request, "frames", 8, 2, MAX_FRAMES), which, ema))
+                                      _int(request, "frames", 8, 2, MAX_FRAMES), which, ema,
+                                      label))
 
   @Request.application
   def app(request: Request) -> Response:

@@ -40,6 +40,7 @@ PAGE = """<!doctype html>
     <button id="new-seed">New seed</button><button id="show">Show</button>
     <label><input id="ema" type="checkbox" disabled> EMA</label>
     <label>checkpoint <select id="checkpoint"><option>latest</option></select></label>
+    <label id="class-picker" hidden>class <select id="label"></select></label>
     <div class="images"><img id="grid" alt="generated images"></div>
   </section>
   <section>
@@ -69,6 +70,15 @@ function options() {
   return `checkpoint=${$("checkpoint").value}&ema=${ema}`;
 }
 
+// A conditional run's class: "" (every class in turn) or an index; an interpolation stays
+// within one class (the first where every class is picked).
+function labelArg(interpolation) {
+  if (!info || info.classes.length === 0) return "";
+  const picked = $("label").value;
+  if (picked === "") return interpolation ? "&label=0" : "";
+  return `&label=${picked}`;
+}
+
 async function load(img, url) {
   // Fetch first so that a 400 shows its message instead of a broken image.
   const response = await fetch(url);
@@ -85,12 +95,14 @@ async function load(img, url) {
 }
 
 function showGrid() {
-  load($("grid"), `/api/grid.png?seed=${$("seed").value}&n=${$("count").value}&${options()}`);
+  load($("grid"), `/api/grid.png?seed=${$("seed").value}&n=${$("count").value}&${options()}` +
+       labelArg(false));
 }
 
 function showStrip() {
   load($("strip"), `/api/interpolation.png?seed_a=${$("seed-a").value}` +
-       `&seed_b=${$("seed-b").value}&frames=${$("frames").value}&${options()}`);
+       `&seed_b=${$("seed-b").value}&frames=${$("frames").value}&${options()}` +
+       labelArg(true));
 }
 
 async function showMetrics() {
@@ -115,6 +127,19 @@ async function start() {
   $("checkpoint").innerHTML = Object.keys(info.checkpoints)
       .map((k) => `<option>${k}</option>`).join("");
   $("ema").disabled = info.ema.length === 0;
+  if (info.classes.length > 0) {  // class names are text from the run's folders: never HTML
+    const every = document.createElement("option");
+    every.value = "";
+    every.textContent = "every class";
+    $("label").appendChild(every);
+    info.classes.forEach((name, i) => {
+      const option = document.createElement("option");
+      option.value = String(i);
+      option.textContent = `${i}: ${name}`;
+      $("label").appendChild(option);
+    });
+    $("class-picker").hidden = false;
+  }
   showGrid();
   showStrip();
   showMetrics();
@@ -126,7 +151,7 @@ $("new-seed").addEventListener("click", () => {
 });
 $("show").addEventListener("click", showGrid);
 $("interpolate").addEventListener("click", showStrip);
-for (const id of ["ema", "checkpoint"]) {
+for (const id of ["ema", "checkpoint", "label"]) {
   $(id).addEventListener("change", () => { showGrid(); showStrip(); });
 }
 start();

@@ -46,7 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   evaluator = None
   try:
     if evaluation.enabled(config):  # built before anything is written: it can fail
-      evaluator = evaluation.DuringTraining(config, data, gan, workdir)
+      evaluator = evaluation.DuringTraining(config, data, gan, workdir, dataset.class_names)
   finally:
     if init_compiled is not None:
       init_compiled.join()
@@ -151,7 +151,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,
                evaluator.columns if evaluator is not None else [], extra.get("pending", {}),
                ["d_penalty"] if gan.has_penalty else [])
   grid = sampling.grid_noise(config.seed, config.num_sample_images, config.nz,
-                             gan.num_classes)
+                             tuple(range(gan.num_classes)))
   eval_every = config.eval_every_steps if evaluator is not None else 0
   board = _open_board(config, workdir, start)
   run, prefetcher = _feed(config, gan, dataset, start, total, mesh)

@@ -29,7 +29,7 @@ def test_presets_load_and_take_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("preset,overrides,message", [
-    ("nope", {}, "preset 'nope' is not one of default, celeba"),
+    ("nope", {}, "preset 'nope' is not one of default, conditional, celeba"),
     ("default", {"num_steps": 5}, "config.num_steps is not a field of configs/default.py "
                                   "(did you mean num_train_steps? a misspelt field would be "
                                   "ignored)"),

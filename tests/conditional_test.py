@@ -62,7 +62,7 @@ def test_a_conditional_run_keeps_its_classes_and_draws_a_row_per_class(condition
   assert all(np.isfinite(float(r["loss_d"])) for r in rows)
   grid = Image.open(run / "samples.png")
   assert grid.size == (2 * 34 + 2, 3 * 34 + 2)  # 3 classes x 6 // 3 = 2 latents, 32 px
-  noise = sampling.grid_noise(0, 6, 100, 3)
+  noise = sampling.grid_noise(0, 6, 100, (0, 1, 2))
   np.testing.assert_array_equal(noise.labels, [0, 0, 1, 1, 2, 2])
   np.testing.assert_array_equal(noise.z[:2], noise.z[2:4])  # the same latents in every row
 
@@ -104,7 +104,7 @@ def test_sampling_and_export_of_a_conditional_workdir(conditional_run, tmp_path)
   workdir = tmp_path / "run"
   shutil.copytree(base / "run", workdir)
   written = sampling.sample_from_workdir(str(workdir), grid_size=6)
-  assert Image.open(written[0]).size == (3 * 34 + 2, 2 * 34 + 2)  # classes drawn evenly
+  assert Image.open(written[0]).size == (2 * 34 + 2, 3 * 34 + 2)  # a row per class
   pytest.importorskip("torch")
   from dcgan_jax import convert  # pylint: disable=g-import-not-at-top
   with pytest.raises(UsageError, match="class-conditional run \\(3 classes\\): the PyTorch "
@@ -169,3 +169,145 @@ def test_a_classes_file_edited_by_hand_is_refused_in_one_line(conditional_run, t
   (workdir / "classes.json").unlink()
   with pytest.raises(UsageError, match="holds a conditional run without its classes.json"):
     workdir_lib.restore(str(workdir))
+
+
+def test_a_conditional_run_on_the_digits_measures_its_class_accuracy(tmp_path, caplog):
+  from dcgan_jax import run_summary  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config(4)
+  config.conditional, config.evaluator = True, "classifier"
+  config.eval_every_steps, config.eval_num_samples = 2, 40
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  rows = metrics.read_metrics(os.path.join(workdir, "metrics.csv"))
+  for column in ("class_accuracy", "ema_class_accuracy"):
+    values = [float(r[column]) for r in rows]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values), column
+    # 40 images, 4 of each class: a multiple of 1/40
+    assert all(abs(v * 40 - round(v * 40)) < 1e-9 for v in values)
+  text = run_summary.summary(workdir, "finished", 0, 4, 4, 1.0, "ema_classifier_fid")
+  assert f"class_accuracy of G: final {float(rows[-1]['class_accuracy']):.4f} at step 4" in text
+  assert "ema_class_accuracy of G's EMA: final" in text
+
+
+def _png(path):
+  return np.asarray(Image.open(path))
+
+
+def test_asking_for_classes_in_sample_mode_and_the_api(conditional_run, tmp_path):
+  import dcgan_jax  # pylint: disable=g-import-not-at-top
+
+  base, _ = conditional_run
+  workdir = tmp_path / "run"
+  shutil.copytree(base / "run", workdir)
+  one = sampling.sample_from_workdir(str(workdir), grid_size=4, num_images=4, labels=(1,),
+                                     interpolation_frames=3)
+  assert os.path.basename(one[0]) == "sample_step0000004_seed0_train_class1.png"
+  assert _png(one[0]).shape == (2 * 34 + 2, 2 * 34 + 2, 3)  # one class: a square grid
+  run = dcgan_jax.load(str(workdir))
+  assert run.class_names == ("ant", "bee", "cat")
+  asked = run.generate(4, batch_size=4, label=1)
+  for i in range(4):  # the API's images are sample mode's
+    np.testing.assert_array_equal(_png(one[1 + i]), asked[i])
+  assert not np.array_equal(asked, run.generate(4, batch_size=4, label=2))
+  np.testing.assert_array_equal(_png(one[-1])[2:34, 2:34],  # the strip's first frame
+                                run.interpolate(0, 1, 3, batch_size=4, label=1)[0])
+  several = sampling.sample_from_workdir(str(workdir), grid_size=6, labels=(0, 2))
+  assert _png(several[0]).shape == (2 * 34 + 2, 3 * 34 + 2, 3)  # a row per class, 3 each
+  assert run.generate(6, label=[0, 2]).shape == (6, 32, 32, 3)
+
+
+@pytest.mark.parametrize("labels, frames, message", [
+    ((3,), 0, r"--label=3 is not a class of this run: 0 to 2 \(0 'ant', 1 'bee', 2 'cat'\)"),
+    ((-1,), 0, "--label=-1 is not a class of this run"),
+    ((0, 1), 3, "an interpolation of a conditional run stays within one class: give --label"),
+    (None, 3, "give --label with one class")])
+def test_a_wrong_class_is_refused_in_one_line_and_nothing_is_written(conditional_run, tmp_path,
+                                                                    labels, frames, message):
+  base, _ = conditional_run
+  workdir = tmp_path / "run"
+  shutil.copytree(base / "run", workdir)
+  before = _listing(workdir)
+  with pytest.raises(UsageError, match=message) as e:
+    sampling.sample_from_workdir(str(workdir), grid_size=4, labels=labels,
+                                 interpolation_frames=frames)
+  assert "\n" not in str(e.value) and _listing(workdir) == before
+
+
+def test_labels_of_the_command_line_and_of_an_unconditional_run(folder_run, tmp_path):
+  import dcgan_jax  # pylint: disable=g-import-not-at-top
+
+  assert sampling.parse_labels("7") == (7,) and sampling.parse_labels(" 0,3 ,7") == (0, 3, 7)
+  assert sampling.parse_labels(None) is None
+  for text, bad in (("seven", "'seven'"), ("1,x", "'x'"), ("", "''"), ("1.5", "'1.5'")):
+    with pytest.raises(UsageError, match=f"--label={text!r}: {bad} is not a class index"):
+      sampling.parse_labels(text)
+  workdir = tmp_path / "plain"
+  shutil.copytree(folder_run / "run", workdir)
+  before = _listing(workdir)
+  with pytest.raises(UsageError, match="--label=7 asks for a class, but this run is "
+                                       "unconditional"):
+    sampling.sample_from_workdir(str(workdir), grid_size=4, labels=(7,))
+  run = dcgan_jax.load(str(workdir))
+  with pytest.raises(UsageError, match="label=1 asks for a class, but this run is unconditional"):
+    run.generate(2, label=1)
+  assert _listing(workdir) == before and run.class_names == ()
+
+
+_HOSTILE = "<img src=x onerror=document.title='owned'>"
+
+
+@pytest.fixture(scope="module")
+def served(conditional_run, tmp_path_factory):
+  """The conditional run, one of its classes renamed to HTML (a folder name is anyone's text)."""
+  base, _ = conditional_run
+  workdir = tmp_path_factory.mktemp("served") / "run"
+  shutil.copytree(base / "run", workdir)
+  (workdir / "classes.json").write_text(json.dumps(["ant", _HOSTILE, "cat"]))
+  return workdir
+
+
+def test_the_page_endpoints_take_a_class(served):
+  import io  # pylint: disable=g-import-not-at-top
+
+  from werkzeug.test import Client  # pylint: disable=g-import-not-at-top
+
+  from dcgan_jax import serve  # pylint: disable=g-import-not-at-top
+  explorer = serve.Explorer(str(served))
+  client = Client(serve.make_app(explorer))
+  before = sampling.traces()
+  assert client.get("/api/info").json["classes"] == ["ant", _HOSTILE, "cat"]
+  image = lambda url: np.asarray(Image.open(io.BytesIO(client.get(url).get_data())))  # noqa: E731
+  every = image("/api/grid.png?seed=3&n=4")
+  one = image("/api/grid.png?seed=3&n=4&label=1")
+  assert every.shape == one.shape == (2 * 34 + 2, 2 * 34 + 2, 3) and not np.array_equal(every, one)
+  assert image("/api/interpolation.png?frames=3&label=2").shape == (36, 3 * 34 + 2, 3)
+  for url, message in (("/api/interpolation.png?frames=3", "stays within one class"),
+                       ("/api/grid.png?label=3", "label=3 is out of range: 0 to 2"),
+                       ("/api/grid.png?label=x", "label='x' is not a whole number")):
+    response = client.get(url)
+    assert response.status_code == 400 and message in response.json["error"], url
+  assert sampling.traces() == before  # every class in the one program compiled at start
+  run = __import__("dcgan_jax").load(str(served))  # the page's images are the API's
+  np.testing.assert_array_equal(one[2:34, 2:34], run.generate(64, seed=3, label=1)[0])
+
+
+def test_the_page_offers_the_classes_as_text_and_draws_the_one_picked(served):
+  from serve_test import GRID_SHOWN, page_in_chromium, wait_for  # pylint: disable=g-import-not-at-top
+
+  with page_in_chromium(served) as (browser, _):
+    first = wait_for(lambda: browser.execute_script(GRID_SHOWN), "the first grid")
+    assert "label=" not in first  # every class in turn
+    picker = browser.find_element("id", "label")
+    assert browser.find_element("id", "class-picker").is_displayed()
+    names = [o.text for o in picker.find_elements("tag name", "option")]
+    assert names == ["every class", "0: ant", f"1: {_HOSTILE}", "2: cat"]  # as text
+    assert browser.execute_script("return document.querySelectorAll('#label img').length") == 0
+    assert browser.title == "dcgan-jax"  # the name's HTML never ran
+    picker.find_elements("tag name", "option")[3].click()  # class 2
+    picked = wait_for(lambda: (u := browser.execute_script(GRID_SHOWN)) != first and u,
+                      "class 2")
+    assert "label=2" in picked
+    wait_for(lambda: "label=2" in (browser.execute_script(
+        "return document.getElementById('strip').dataset.url") or ""), "the strip of class 2")
+    assert browser.find_element("id", "error").text == ""

@@ -181,3 +181,41 @@ def test_run_with_the_inception_evaluator(tmp_path, monkeypatch):
   row = metrics.read_metrics(str(workdir / "metrics.csv"))[-1]
   assert float(row["fid"]) > 0 and row["kid"] != "" and "classes_present" not in row
   assert [p for p in os.listdir(workdir / "best") if p.isdigit()] == ["2"]
+
+
+def test_class_accuracy_is_the_fraction_classified_as_their_own_class(tmp_path):
+  """The brightest quarter is the class: images lit in quarter q are of class q."""
+  digits = evaluation.DIGIT_CLASSES
+  judge = evaluation.Evaluator(_mean_pixel_extractor(), _images(0), str(tmp_path),
+                               kid_subset_size=100, kid_subsets=10, class_names=digits)
+  assert judge.metric_names()[-1] == "class_accuracy"
+  lit = np.zeros((8, 8, 8, 1), np.uint8)
+  for i, (y, x) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)] * 2):
+    lit[i, y:y + 4, x:x + 4] = 255  # image i lit in quarter i % 4
+  labels = np.array([0, 1, 2, 3, 0, 1, 3, 2])  # the last two asked for the other class
+  got = judge.of_images(lit, labels, per_class=True)
+  assert got["class_accuracy"] == 6 / 8
+  assert (got["class_accuracy_0"], got["class_accuracy_1"]) == (1.0, 1.0)
+  assert (got["class_accuracy_2"], got["class_accuracy_3"]) == (0.5, 0.5)
+  assert "class_accuracy_4" not in got  # no image of it
+  assert "class_accuracy" not in judge.of_images(lit)  # without the classes asked for
+  for names in ((), ("a", "b"), digits[:9]):  # not the ten digits: not judged
+    other = evaluation.Evaluator(_mean_pixel_extractor(), _images(0), str(tmp_path),
+                                 kid_subset_size=100, kid_subsets=10, class_names=names)
+    assert "class_accuracy" not in other.metric_names()
+    assert "class_accuracy" not in other.of_images(lit, labels)
+
+
+def test_held_out_labels_are_those_of_the_held_out_images():
+  config = default.get_config()
+  config.eval_num_samples = 300
+  data = input_pipeline.load_images(config)
+  _, held_out = evaluation.reference_images(config, data)
+  labels = evaluation.held_out_labels(config, len(data))
+  assert len(labels) == len(held_out) == 300
+  digits, all_labels = input_pipeline.embedded_digits()
+  # each held-out image found among the preprocessed digits: its label is the one given
+  source = input_pipeline.embedded_source(32, 1)
+  index = {source.load(d).tobytes(): i for i, d in enumerate(digits)}
+  np.testing.assert_array_equal(labels, [all_labels[index[h.tobytes()]] for h in held_out])
+  assert len(set(labels.tolist())) == 10

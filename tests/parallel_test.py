@@ -19,7 +19,8 @@ import json, dataclasses, sys, jax, numpy as np
 from dcgan_jax import parallel, steps
 from conftest import tiny_config, tiny_gan
 assert len(jax.devices()) == 8
-variants = sys.argv[1] == "variants"  # two D updates per G update and every other variant
+# two D updates per G update and every other variant, class-conditional (labels split as images)
+variants = sys.argv[1] == "variants"
 counts = [int(n) for n in sys.argv[2].split(",")]
 images = np.random.default_rng(0).integers(0, 256, (3, 32 if variants else 16, 32, 32, 1),
                                            dtype=np.uint8)
@@ -32,13 +33,17 @@ for n in counts:
   adam = steps.Adam(learning_rate=1e-2, eps=1.0)
   gan = dataclasses.replace(tiny_gan(), g_opt=adam, d_opt=adam,
                             batch_sharding=parallel.batch_sharding(mesh))
+  labels = None
   if variants:
     gan = dataclasses.replace(
         gan, loss="hinge", r1_weight=1.0, d_steps=2, augment=("color", "translation", "cutout"),
-        discriminator=dataclasses.replace(gan.discriminator, spectral_norm=True))
+        generator=dataclasses.replace(gan.generator, num_classes=3),
+        discriminator=dataclasses.replace(gan.discriminator, spectral_norm=True, num_classes=3))
+    labels = jax.device_put(np.arange(images.shape[0] * images.shape[1], dtype=np.int32).reshape(
+        images.shape[:2]) % 3, parallel.batch_sharding(mesh, batch_axis=1))
   state = jax.device_put(steps.init_train_state(gan, 0), parallel.replicated(mesh))
   batch = jax.device_put(images, parallel.batch_sharding(mesh, batch_axis=1))
-  state, metrics = run(gan, state, batch)
+  state, metrics = run(gan, state, batch, None, labels)
   out[n] = {"devices": len(state.d_params and jax.tree.leaves(state.d_params)[0].sharding.device_set),
             "batch_devices": len(batch.sharding.device_set),
             "loss_d": np.asarray(metrics["loss_d"]).tolist(),
@@ -61,7 +66,8 @@ def _run_on_8_devices(code: str, cwd: pathlib.Path, *args: str) -> subprocess.Co
 @pytest.mark.parametrize("gan,counts", [pytest.param("default", (1, 4, 8), id="default"),
                                         pytest.param("variants", (1, 8), id="variants")])
 def test_one_four_and_eight_devices_take_the_same_steps(tmp_path, gan, counts):
-  """The default GAN on 1, 4 and 8 devices; the variants' heavier program on 1 and 8."""
+  """The default GAN on 1, 4 and 8 devices; the variants' heavier program, class-conditional,
+  on 1 and 8."""
   result = _run_on_8_devices(_SAME_STEPS, tmp_path, gan, ",".join(map(str, counts)))
   assert result.returncode == 0, result.stderr[-3000:]
   out = {int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}

@@ -1,6 +1,7 @@
 """--mode serve: every endpoint over HTTP (status, type, PNG sizes, the 400s), one compiled
 generator for every request, and the page in headless Chromium."""
 
+import contextlib
 import io
 import json
 import os
@@ -243,11 +244,20 @@ def _chromium():
   return webdriver.Chrome(service=Service(driver), options=options)
 
 
-@pytest.mark.slow
-def test_page_in_chromium_shows_a_new_seed(workdir, tmp_path):
-  # DCGAN_JAX_SERVE_WORKDIR (another trained run) and DCGAN_JAX_SCREENSHOT (where to copy the
-  # screenshot) make the README's picture.
-  workdir = os.environ.get("DCGAN_JAX_SERVE_WORKDIR", workdir)
+def wait_for(condition, what: str):
+  """condition()'s first true value, polled for up to 15 s."""
+  for _ in range(300):
+    value = condition()
+    if value:
+      return value
+    time.sleep(0.05)
+  raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def page_in_chromium(workdir):
+  """Serves workdir (`main.py --mode serve` on a free port) and opens its page in headless
+  Chromium; yields (browser, the page's URL); closes both."""
   port = _free_port()
   server = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--mode=serve",
                              f"--workdir={workdir}", f"--port={port}"],
@@ -264,23 +274,31 @@ def test_page_in_chromium_shows_a_new_seed(workdir, tmp_path):
         time.sleep(0.1)
     browser = _chromium()
     browser.get(url)
-    loaded = ("const g = document.getElementById('grid');"
+    yield browser, url
+  finally:
+    if browser is not None:
+      browser.quit()
+    server.terminate()
+    server.wait(timeout=30)
+
+
+# The URL of the grid's image once it has loaded, else null.
+GRID_SHOWN = ("const g = document.getElementById('grid');"
               "return g.complete && g.naturalWidth > 0 ? g.dataset.url : null;")
 
-    def wait_for(condition, what):
-      for _ in range(300):
-        value = condition()
-        if value:
-          return value
-        time.sleep(0.05)
-      raise AssertionError(f"timed out waiting for {what}")
 
-    first_url = wait_for(lambda: browser.execute_script(loaded), "the first grid")
+@pytest.mark.slow
+def test_page_in_chromium_shows_a_new_seed(workdir, tmp_path):
+  # DCGAN_JAX_SERVE_WORKDIR (another trained run) and DCGAN_JAX_SCREENSHOT (where to copy the
+  # screenshot) make the README's picture.
+  workdir = os.environ.get("DCGAN_JAX_SERVE_WORKDIR", workdir)
+  with page_in_chromium(workdir) as (browser, _):
+    first_url = wait_for(lambda: browser.execute_script(GRID_SHOWN), "the first grid")
     assert "seed=0" in first_url
     grid = browser.find_element("id", "grid")
     first = grid.screenshot_as_png
     browser.find_element("id", "new-seed").click()
-    second_url = wait_for(lambda: (u := browser.execute_script(loaded)) != first_url and u,
+    second_url = wait_for(lambda: (u := browser.execute_script(GRID_SHOWN)) != first_url and u,
                           "the new seed's grid")
     assert "seed=" in second_url and second_url != first_url
     wait_for(lambda: browser.execute_script(
@@ -290,16 +308,12 @@ def test_page_in_chromium_shows_a_new_seed(workdir, tmp_path):
     second = grid.screenshot_as_png
     assert first != second  # the images changed
     assert browser.find_element("id", "error").text == ""
+    assert not browser.find_element("id", "class-picker").is_displayed()  # no classes
     shot = tmp_path / "serve_page.png"
     browser.save_screenshot(str(shot))
     assert Image.open(shot).size[0] >= 1000
     if os.environ.get("DCGAN_JAX_SCREENSHOT"):
       shutil.copy(shot, os.environ["DCGAN_JAX_SCREENSHOT"])
-  finally:
-    if browser is not None:
-      browser.quit()
-    server.terminate()
-    server.wait(timeout=30)
 
 
 def test_out_of_memory_in_a_request_is_a_503_with_one_line(explorer, monkeypatch):

@@ -4,7 +4,7 @@ name; a clone's configs/ folder holds one-line files naming the same presets."""
 
 import os
 
-PRESETS = ("default", "celeba", "mnist", "cifar10", "imagefolder")
+PRESETS = ("default", "conditional", "celeba", "mnist", "cifar10", "imagefolder")
 
 
 def preset_path(name: str) -> str:
