@@ -234,6 +234,8 @@ def load_dataset(config, classes: bool = False) -> Dataset:
   """Returns the whole training set of `config`, its images from the cache; with classes, each
   image's label and the class names (images that could not be decoded take theirs along)."""
   source = make_source(config, classes)
+  if classes:  # before any image is decoded
+    check_class_count(config, source.class_names)
   cached = image_cache.load_or_build(
       config.cache_dir or image_cache.default_cache_dir(), source.name, source.description,
       source.items, source.load, config.image_size, config.channels,
@@ -257,6 +259,16 @@ def load_dataset(config, classes: bool = False) -> Dataset:
                      "delete it (and its .json) to have it rebuilt")
   labels = np.delete(source.labels, np.asarray(cached.dropped, np.int64))
   return Dataset(cached.images, labels, source.class_names)
+
+
+def check_class_count(config, class_names: Sequence[str]) -> None:
+  """A conditional run's classes: at least two, at most config.max_classes."""
+  if len(class_names) > config.max_classes:
+    raise UsageError(f"config.dataset={config.dataset!r} has {len(class_names):,} classes, more "
+                     f"than config.max_classes={config.max_classes:,}")
+  if len(class_names) < 2:
+    raise UsageError(f"config.dataset={config.dataset!r} has {len(class_names)} class "
+                     f"{list(class_names)!r:.100}: config.conditional needs two or more")
 
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:

@@ -30,10 +30,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   workdir_lib.check_same_gan(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
-  dataset = _load_images(config)
+  dataset = _load_dataset(config)
   data = dataset.images
-  if config.conditional:
-    _check_classes(config, dataset.class_names, workdir)
+  if config.conditional:  # the classes' count was checked before the images were decoded
+    workdir_lib.check_same_classes(workdir, dataset.class_names, config.max_classes)
   total = configuration.total_steps(config, len(data))
   workdir_lib.check_writable(workdir)  # the first write, once every check has passed
   logging.info("training on %s%s", device.describe(),  # bad input is one line: said after it
@@ -93,20 +93,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     _log_summary(workdir, ended, start, int(state.step), total, time.perf_counter() - t0,
                  evaluator)
   return state
-
-
-def _check_classes(config: ml_collections.ConfigDict, class_names: tuple[str, ...],
-                   workdir: str) -> None:
-  """A conditional run's classes: at least two, at most config.max_classes, and those the
-  workdir's run was trained on."""
-  if len(class_names) > config.max_classes:
-    raise UsageError(f"config.dataset={config.dataset!r} has {len(class_names):,} classes, more "
-                     f"than config.max_classes={config.max_classes:,}")
-  if len(class_names) < 2:
-    raise UsageError(f"config.dataset={config.dataset!r} has {len(class_names)} class "
-                     f"{configuration.shown(list(class_names))}: config.conditional needs two "
-                     "or more")
-  workdir_lib.check_same_classes(workdir, class_names, config.max_classes)
 
 
 def _compile_init_meanwhile(gan: steps.GAN, mesh: jax.sharding.Mesh,
@@ -229,12 +215,12 @@ def _write_grid(workdir: str, gan: steps.GAN, state: steps.TrainState,
   returns it (H, W, C)."""
   generated = sampling.generate_images(gan, parallel.local_copy(state), grid.z, len(grid.z),
                                        bn_mode, labels_N=grid.labels)
-  grid = images.make_grid(generated, ncols=grid.ncols)
+  picture = images.make_grid(generated, ncols=grid.ncols)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+  images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), picture)
   if last:
-    images.save_png(os.path.join(workdir, "samples.png"), grid)
-  return grid
+    images.save_png(os.path.join(workdir, "samples.png"), picture)
+  return picture
 
 
 def _check_dataset_size(extra: dict, num_images: int, workdir: str) -> None:
@@ -479,7 +465,7 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _load_images(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
+def _load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
   """Returns the training images (and, for a conditional run, their labels and class names);
   with several processes, process 0 first (it builds the cache where the others find it on a
   shared file system; elsewhere each builds its own)."""

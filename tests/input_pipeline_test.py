@@ -350,3 +350,16 @@ def test_chunk_labels_are_those_of_the_chunks_images():
   got = batches.chunk_labels(2, 2, rows=slice(1, 3), length=3)
   assert got.shape == (3, 2) and got.dtype == np.int32
   np.testing.assert_array_equal(got, chunk[..., 0, 0, 0].astype(np.int32) * 7)
+
+
+def test_too_many_classes_are_refused_before_any_image_is_decoded(tmp_path):
+  root = tmp_path / "images"
+  for i in range(30):  # 30 class folders of one image each
+    (root / f"c{i:02d}").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / f"c{i:02d}" / "x.png")
+  config = folder_config(root, tmp_path / "cache", max_classes=29)
+  with pytest.raises(UsageError, match="has 30 classes, more than config.max_classes=29"):
+    input_pipeline.load_dataset(config, classes=True)
+  assert not list((tmp_path / "cache").glob("*.npy"))  # nothing was decoded
+  config.max_classes = 30
+  assert len(input_pipeline.load_dataset(config, classes=True).class_names) == 30
