@@ -47,8 +47,7 @@ class Run:
     self.workdir, self.checkpoint, self.ema = workdir, which, ema
     self.config, self.gan, self.state, self.step = workdir_lib.restore(workdir, which, ema)
     # a conditional run's class names: label i is class_names[i]; () for an unconditional run
-    self.class_names = ((workdir_lib.read_classes(workdir, self.config.max_classes) or ())
-                        if self.gan.num_classes else ())
+    self.class_names = workdir_lib.class_names(self.config, workdir)
 
   def _labels(self, label, n: int) -> np.ndarray | None:
     """n labels: label (an int, or a sequence of ints gone through in turn) checked against
@@ -103,8 +102,7 @@ class Run:
     class histogram) as the run's evaluation does; the run's evaluator unless given."""
     config = eval_run.eval_config(self.config, self.workdir, evaluator, inception_weights,
                                   num_samples, None)
-    class_names = ((workdir_lib.read_classes(self.workdir, config.max_classes) or ())
-                   if config.conditional else ())
+    class_names = workdir_lib.class_names(config, self.workdir)
     judge, _ = evaluation.from_config(config, input_pipeline.load_images(config), class_names)
     state = self.state
     if self.ema:  # measure the EMA as G

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import jax
 from jax._src import xla_bridge
 
+from dcgan_jax import image_cache
 from dcgan_jax.errors import UsageError
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
@@ -84,8 +85,7 @@ def _jaxlib_version() -> str:
 
 
 def _flag_cache_path() -> str:
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "dcgan_jax", "xla_flags.json")
+  return os.path.join(image_cache.default_cache_dir(), "xla_flags.json")
 
 
 def _read_flag_cache() -> dict:

@@ -40,15 +40,14 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
   config = eval_config(workdir_lib.load_config(workdir), workdir, evaluator, inception_weights,
                        num_samples, bn_mode)
   data = input_pipeline.load_images(config)
-  class_names = ((workdir_lib.read_classes(workdir, config.max_classes) or ())
-                 if config.conditional else ())
+  class_names = workdir_lib.class_names(config, workdir)
   judge, held_out = evaluation.from_config(config, data, class_names)
   z = evaluation.eval_noise(config)
   results = {}
   if held_out is not None:
     results["real_held_out"] = {"images": len(held_out), **judge.of_images(
         held_out, evaluation.held_out_labels(config, len(data)), per_class=True)}
-  gan = steps.gan_from_config(config, num_classes=workdir_lib.num_classes(config, workdir))
+  gan = steps.gan_from_config(config, num_classes=len(class_names))
   results["untrained"] = {"step": 0, **evaluation.evaluate_state(
       judge, gan, steps.init_train_state(gan, config.seed), config, z, per_class=True)}
   for which in ("latest", "best"):

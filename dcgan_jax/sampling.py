@@ -195,7 +195,7 @@ def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
     raise UsageError("--interpolation_frames=1: an interpolation has 0 or at least 2 frames")
   config, gan, state, step = workdir_lib.restore(workdir, which, ema)
   bn_mode = resolve_bn_mode(bn_mode, config.sample_bn_mode)
-  names = (workdir_lib.read_classes(workdir, config.max_classes) or ()) if gan.num_classes else ()
+  names = workdir_lib.class_names(config, workdir)
   asked = check_labels(labels, names, "--label")
   if gan.num_classes and interpolation_frames and len(asked) != 1:
     raise UsageError("--interpolation_frames: an interpolation of a conditional run stays "

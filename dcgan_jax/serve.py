@@ -57,8 +57,7 @@ class Explorer:
     self.workdir = workdir
     config, self.gan, state, step = workdir_lib.restore(workdir, "latest")
     self.config, self.bn_mode = config, config.sample_bn_mode
-    self.class_names = ((workdir_lib.read_classes(workdir, config.max_classes) or ())
-                        if self.gan.num_classes else ())
+    self.class_names = workdir_lib.class_names(config, workdir)
     self.states, self.ema = {}, {}
     self._add("latest", state, step)
     if os.path.isdir(workdir_lib.checkpoint_dir(workdir, "best")):

@@ -118,14 +118,20 @@ def check_same_classes(workdir: str, class_names: tuple[str, ...], max_classes: 
                      "same data or another --workdir")
 
 
-def num_classes(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """The classes a workdir's run is conditional on (0 for an unconditional run)."""
+def class_names(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
+  """The class names of a workdir's run (config: its config.json's); () for an unconditional
+  run, UsageError for a conditional one without its classes.json."""
   if not config.conditional:
-    return 0
+    return ()
   names = read_classes(workdir, config.max_classes)
   if names is None:
     raise UsageError(f"--workdir={workdir!r} holds a conditional run without its {CLASSES}")
-  return len(names)
+  return names
+
+
+def num_classes(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """The classes a workdir's run is conditional on (0 for an unconditional run)."""
+  return len(class_names(config, workdir))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
