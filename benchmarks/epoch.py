@@ -7,7 +7,7 @@ dispatch, logging, samples and checkpoints are all timed, only the decoding of a
 dataset is left out. Each repeat trains one epoch in a fresh workdir; the first also
 compiles, the later ones find the compiled steps in the process's cache. One JSON line per
 repeat: wall_s (the whole call: data loading, state creation, compilation on the first
-repeat, the epoch, the final checkpoint), loop_images_per_s (the loop's own rate, from
+repeat, the epoch, the final checkpoint), compilations (the programs XLA compiled during it), loop_images_per_s (the loop's own rate, from
 metrics.csv: images of the timed dispatches over their seconds, the first dispatch's
 compilation left out) and epoch_s_at_loop_rate (num_images at that rate).
 
@@ -119,8 +119,12 @@ def main() -> None:
                               args.image_size, args.channels)
     # The loop's data source, as the decoded-image cache would return a real dataset.
     input_pipeline.load_dataset = lambda *_: input_pipeline.Dataset(images)
+    compiled = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *_, **__: compiled.append(name) if "backend_compile" in name else None)
     for repeat in range(args.repeats):
       workdir = os.path.join(tmp, f"run{repeat}")
+      compiled.clear()
       t0 = time.perf_counter()
       state = train.train_and_evaluate(config, workdir)
       jax.block_until_ready(state)
@@ -135,7 +139,7 @@ def main() -> None:
           "ndf": args.ndf, "steps": int(state.step),
           "steps_per_dispatch": config.steps_per_dispatch,
           "data_on_device": config.data_on_device, "compute_dtype": config.compute_dtype,
-          "repeat": repeat, "wall_s": round(wall_s, 2),
+          "repeat": repeat, "wall_s": round(wall_s, 2), "compilations": len(compiled),
           "loop_images_per_s": round(rate, 1),
           "epoch_s_at_loop_rate": round(args.num_images / rate, 2),
           "versions": {"jax": jax.__version__}, "date": time.strftime("%Y-%m-%d")}),

@@ -24,7 +24,7 @@ its line, and `--stages sweep,default,epoch,tests` measures the rest in a call o
 Every JSON line of every stage goes to --out with its "stage"; a command that fails, or is
 stopped when the budget runs out, leaves a line saying so, and the report goes on. At the
 end it prints one Markdown table of everything. It starts wherever Python has JAX: the
-packages a stage needs beyond it (ml_collections, mlxtend; tensorflow-datasets only for the
+packages a stage needs beyond it (ml_collections; tensorflow-datasets only for the
 tests of tfds sources) are checked first and named, with the command that installs them.
 --tiny runs the same stages on tiny models (a smoke test on a CPU).
 """
@@ -48,7 +48,7 @@ STAGES = ("throughput", "hlo", "determinism", "sweep", "default", "epoch", "test
 # What the stages import beyond the Python standard library (module: pip name).
 NEEDED = {"jax": "jax", "flax": "flax", "optax": "optax", "orbax.checkpoint": "orbax-checkpoint",
           "ml_collections": "ml-collections", "absl": "absl-py", "numpy": "numpy",
-          "PIL": "pillow", "mlxtend": "mlxtend"}
+          "PIL": "pillow"}
 _KILL_GRACE_S = 10
 
 

@@ -4,8 +4,9 @@ The public API (dcgan_jax/api.py), loaded on first use so that `import dcgan_jax
 the other modules stay light:
 
   get_config(preset="default", **overrides) -> ConfigDict   a preset, checked as main.py checks
-  fit(config, workdir) -> TrainState                          the run `python main.py` makes
-  load(workdir, checkpoint="latest", ema=False) -> Run        generate, interpolate, evaluate
+  fit(config, workdir) -> Run                                 the run `python main.py` makes
+  load(workdir, checkpoint="latest", ema=None) -> Run         generate, interpolate, evaluate
+                                                              (G's EMA where the run keeps one)
 """
 
 __version__ = "0.1.0"

@@ -46,7 +46,8 @@ def define_flags() -> None:
                        "frames, as a GIF and a PNG strip.")
   flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
                     "sample mode: the latest checkpoint or the best (workdir/best).")
-  flags.DEFINE_bool("ema", False, "sample mode: sample G's EMA (runs with config.g_ema_decay).")
+  flags.DEFINE_bool("ema", None, "sample mode: G's EMA (the default where the run kept one, "
+                    "config.g_ema_decay > 0); --noema: G itself.")
   flags.DEFINE_string("label", None,
                       "sample mode, a conditional run: the class to draw (its index, as in the "
                       "workdir's classes.json), or several: 0,3,7 (a grid row each). Default: "

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from dcgan_jax import errors
-from dcgan_jax.errors import RunError, UsageError
+from dcgan_jax.errors import RunError, UsageError, given
 
 Variables = dict  # {"params": {...}, "batch_stats": {...}} of numpy arrays
 _BN = (("weight", "params", "scale"), ("bias", "params", "bias"),
@@ -225,7 +225,7 @@ def import_to_workdir(net_g: str, net_d: str | None, workdir: str, seed: int = 0
 
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-    raise UsageError(f"--workdir={workdir!r} already has checkpoints: import into a new one")
+    raise UsageError(f"{given('workdir', workdir)} already has checkpoints: import into a new one")
   config = configuration.load_config_file()  # configs/default.py
   config.seed = seed
   config.evaluator = "classifier" if sizes["channels"] == 1 and config.evaluator else ""
@@ -270,7 +270,7 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
 
   _, gan, state, _ = workdir_lib.restore(workdir, which, ema)
   if gan.num_classes:
-    raise UsageError(f"--workdir={workdir} holds a class-conditional run ({gan.num_classes} "
+    raise UsageError(f"{given('workdir', workdir)} holds a class-conditional run ({gan.num_classes} "
                      "classes): the PyTorch tutorial's netG and netD have no class input, so "
                      "it cannot be exported as theirs")
   state = jax.device_get(state)

@@ -9,6 +9,7 @@ jaxlib (`require_xla_flags`).
 """
 
 import contextlib
+import importlib
 import importlib.metadata
 import json
 import os
@@ -19,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 import jax
-from jax._src import xla_bridge
+from absl import logging
 
 from dcgan_jax import image_cache
 from dcgan_jax.errors import UsageError
@@ -52,29 +53,55 @@ def _flag_value(xla_flags: str) -> bool:
   return value
 
 
-def set_deterministic(deterministic: bool) -> None:
+def backends_started() -> bool | None:
+  """Tells whether JAX has started its backends (XLA has read XLA_FLAGS); None where this jax
+  cannot say. JAX has no public API for it: its private one is used where it exists, and a
+  jax without it gives None (a warning where it matters), never an ImportError."""
+  try:
+    xla_bridge = importlib.import_module("jax._src.xla_bridge")
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):
+    return None
+
+
+def set_deterministic(deterministic: bool) -> bool:
   """Makes XLA's GPU kernels deterministic (or not) for this process: the same inputs give the
   same bits, so a seed fixes a run and a resumed run equals an uninterrupted one, at the cost
   of XLA's fastest nondeterministic GPU algorithms. CPUs and TPUs are deterministic either way.
 
-  Raises UsageError if JAX already runs on a GPU with the other setting (XLA read its flags
-  when it started: XLA_FLAGS must say it before then).
+  Returns the setting in effect. XLA reads its flags once, when JAX starts: where JAX already
+  runs on a GPU with the other setting (a notebook whose kernel used JAX before, a second
+  run in one process), the other setting stays in effect and one warning says what is then not
+  guaranteed and how to get it.
   """
   current = os.environ.get("XLA_FLAGS", "")
   if _flag_value(current) == deterministic:
-    return
-  if xla_bridge.backends_are_initialized():
+    return deterministic
+  started = backends_started()
+  if started:
     if jax.default_backend() != "gpu":
-      return  # nothing to change: only XLA's GPU kernels read the flag
-    want = "true" if deterministic else "false"
-    raise UsageError(
-        f"config.deterministic={deterministic} cannot take effect: JAX already runs on the GPU "
-        f"with XLA_FLAGS={current!r}; start the process with "
-        f"XLA_FLAGS='{DETERMINISTIC_FLAG}={want}', or set config.deterministic={not deterministic}")
+      return deterministic  # nothing to change: only XLA's GPU kernels read the flag
+    in_effect = _flag_value(current)
+    logging.warning(
+        "config.deterministic=%s cannot take effect: JAX already runs on the GPU with "
+        "XLA_FLAGS=%r (XLA reads them once, at start-up), so this run trains with "
+        "deterministic=%s%s; for %s, start a fresh process (restart the notebook's kernel) "
+        "and train before anything else uses JAX, or start it with XLA_FLAGS='%s=%s'",
+        deterministic, current, in_effect,
+        ": reruns and resumes are not bitwise equal" if not in_effect else
+        " (XLA's slower deterministic kernels)",
+        "bitwise-equal reruns and resumes" if deterministic else "the fastest kernels",
+        DETERMINISTIC_FLAG, str(deterministic).lower())
+    return in_effect
+  if started is None:
+    logging.warning("jax %s cannot say whether its backends have started: %s=%s is written "
+                    "into XLA_FLAGS and takes effect only if they have not", jax.__version__,
+                    DETERMINISTIC_FLAG, str(deterministic).lower())
   flag = f"{DETERMINISTIC_FLAG}={str(deterministic).lower()}"
   require_xla_flags([flag], f"config.deterministic={deterministic}")
   kept = [f for f in current.split() if f.partition("=")[0] != DETERMINISTIC_FLAG]
   os.environ["XLA_FLAGS"] = " ".join(kept + [flag])
+  return deterministic
 
 
 def _jaxlib_version() -> str:

@@ -1,9 +1,13 @@
 """Error types whose message is one line for the user: main.py prints it without a traceback;
-and the one way a failed write becomes such a line."""
+the one way a failed write becomes such a line; and how a message names what the user gave
+(`--workdir=...` to the command line, `workdir=...` to the Python API)."""
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Callable
+
+_IN_API = contextvars.ContextVar("dcgan_jax_in_api", default=False)
 
 
 class UsageError(ValueError):
@@ -47,3 +51,21 @@ def write_failure(path: str, e: OSError | None, errno_: int | None = None,
   return (f"cannot write {path}: {reason}" + (f" (errno {number})" if number else "")
           + f"; {kept}: make room and run the same command again (a run resumes from its "
             "newest complete checkpoint)")
+
+
+@contextlib.contextmanager
+def api_names():
+  """Inside the block, messages name the Python API's arguments instead of the CLI's flags."""
+  token = _IN_API.set(True)
+  try:
+    yield
+  finally:
+    _IN_API.reset(token)
+
+
+def given(name: str, value=None) -> str:
+  """How a message names an argument (with the value given, where there is one): `--workdir='x'`
+  on the command line, `workdir='x'` in the Python API (inside api_names)."""
+  if _IN_API.get():
+    return name if value is None else f"{name}={value!r}"
+  return f"--{name}" if value is None else f"--{name}={value!r}"

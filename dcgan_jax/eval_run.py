@@ -10,7 +10,7 @@ import numpy as np
 
 from dcgan_jax import configuration, errors, evaluation, input_pipeline, steps
 from dcgan_jax import workdir as workdir_lib
-from dcgan_jax.errors import UsageError
+from dcgan_jax.errors import UsageError, given
 
 
 def eval_config(config: ml_collections.ConfigDict, workdir: str, evaluator: str | None,
@@ -24,9 +24,9 @@ def eval_config(config: ml_collections.ConfigDict, workdir: str, evaluator: str 
     if value is not None:
       config[field] = value
   if not config.evaluator:
-    raise UsageError(f"--workdir={workdir!r} was trained without an evaluator: give "
-                     "--evaluator=classifier (digits) or --evaluator=inception with "
-                     "--inception_weights")
+    raise UsageError(f"{given('workdir', workdir)} was trained without an evaluator: give "
+                     f"{given('evaluator', 'classifier')} (digits) or "
+                     f"{given('evaluator', 'inception')} with {given('inception_weights')}")
   configuration.validate(config)
   return config
 
@@ -72,10 +72,10 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
 
 def format_report(report: dict) -> str:
   """Returns a plain table: one row per evaluated set, one column per metric (each class's
-  accuracy is in eval.json only)."""
+  accuracy and FID are in eval.json only)."""
   rows = report["results"]
   columns = sorted({k for r in rows.values() for k in r if k not in ("step", "images")
-                    and not re.fullmatch(r"(ema_)?class_accuracy_\d+", k)},
+                    and not re.fullmatch(r"(ema_)?(class_accuracy|\w*intra_fid)_\d+", k)},
                    key=lambda k: (k.startswith("ema_"), k))
   lines = [f"{report['evaluator']} evaluator, {report['generated_images']} generated images "
            f"against {report['reference_images']} real ones (BatchNorm {report['bn_mode']})",

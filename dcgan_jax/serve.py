@@ -15,7 +15,8 @@ EMA, all of one shape), never its shapes, so nothing is traced again.
   grid of every class in turn without it; an interpolation stays within the class it names.
   GET /api/metrics                       metrics.csv: the last row, the best values, a count
   GET /api/losses.png                    the run's loss plot
-  Every image endpoint also takes checkpoint=latest|best and ema=0|1.
+  Every image endpoint also takes checkpoint=latest|best and ema=0|1 (default: G's EMA where
+  the run keeps one).
 """
 
 import ipaddress
@@ -84,17 +85,20 @@ class Explorer:
                          g_ema_params=None, d_opt_state=None, g_opt_state=None,
                          d_params=None, d_batch_stats=None)
 
-  def _state(self, which: str, ema: bool) -> steps.TrainState:
+  def _state(self, which: str, ema: bool | None) -> steps.TrainState:
+    """The view of a checkpoint: G's EMA where asked, or (ema None) where the run keeps one."""
     if which not in self.states:
       raise BadRequest(f"checkpoint={which!r}: this run has "
                        f"{' and '.join(sorted(self.states))} only")
+    if ema is None:
+      ema = self.ema[which] is not None
     if not ema:
       return self.states[which][0]
     if self.ema[which] is None:
       raise BadRequest("ema=1: this run kept no EMA of G (config.g_ema_decay is 0)")
     return self.ema[which]
 
-  def _images(self, z_NxZ: np.ndarray, which: str, ema: bool,
+  def _images(self, z_NxZ: np.ndarray, which: str, ema: bool | None,
               label: int | None = None) -> np.ndarray:
     """Generates uint8 images of N <= MAX_IMAGES latents in one batch of MAX_IMAGES (of class
     label, or a conditional run's classes in turn)."""
@@ -117,7 +121,7 @@ class Explorer:
       raise BadRequest(f"label={label} is out of range: 0 to {len(self.class_names) - 1}")
     return label
 
-  def grid(self, seed: int, n: int, which: str = "latest", ema: bool = False,
+  def grid(self, seed: int, n: int, which: str = "latest", ema: bool | None = None,
            label: int | None = None) -> bytes:
     """Returns the first n of the seed's MAX_IMAGES images (those of `--mode sample --grid_size
     64`; of class label, or of every class in turn, for a conditional run)."""
@@ -127,7 +131,7 @@ class Explorer:
     return images.png_bytes(images.make_grid(pictures, ncols=math.ceil(math.sqrt(n))))
 
   def interpolation(self, seed_a: int, seed_b: int, frames: int, which: str = "latest",
-                    ema: bool = False, label: int | None = None) -> bytes:
+                    ema: bool | None = None, label: int | None = None) -> bytes:
     label = self._label(label, needed=True)
     z = sampling.interpolation_noise(seed_a, seed_b, frames, self.config.nz)
     return images.png_bytes(images.make_grid(self._images(z, which, ema, label), ncols=frames))
@@ -180,14 +184,14 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
   return value
 
 
-def _which(request: Request) -> tuple[str, bool]:
+def _which(request: Request) -> tuple[str, bool | None]:
   which = request.args.get("checkpoint", "latest")
   if which not in ("latest", "best"):
     raise BadRequest(f"checkpoint={which!r} is not 'latest' or 'best'")
-  ema = request.args.get("ema", "0")
-  if ema not in ("0", "1"):
+  ema = request.args.get("ema")  # absent: G's EMA where the run keeps one
+  if ema not in (None, "0", "1"):
     raise BadRequest(f"ema={ema!r} is not 0 or 1")
-  return which, ema == "1"
+  return which, None if ema is None else ema == "1"
 
 
 def loopback_hosts(host: str, port: int) -> frozenset[str] | None:

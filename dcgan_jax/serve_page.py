@@ -127,6 +127,7 @@ async function start() {
   $("checkpoint").innerHTML = Object.keys(info.checkpoints)
       .map((k) => `<option>${k}</option>`).join("");
   $("ema").disabled = info.ema.length === 0;
+  $("ema").checked = info.ema.length > 0;  // G's EMA where the run keeps one
   if (info.classes.length > 0) {  // class names are text from the run's folders: never HTML
     const every = document.createElement("option");
     every.value = "";

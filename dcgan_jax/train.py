@@ -26,7 +26,13 @@ _train_steps_gather = jax.jit(steps.train_steps_gather, static_argnums=0, donate
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains (or resumes training) and writes metrics, samples, plots and checkpoints."""
   configuration.validate(config)
-  device.set_deterministic(config.deterministic)  # before JAX starts its backends
+  in_effect = device.set_deterministic(config.deterministic)  # before JAX starts its backends
+  notes = ()
+  if in_effect != config.deterministic:  # JAX ran on the GPU already: the run records its own
+    notes = (f"config.deterministic={config.deterministic} could not take effect (JAX already "
+             f"ran on the GPU): this run trained with {in_effect}, as its config.json says",)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.deterministic = in_effect
   workdir_lib.check_same_gan(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
@@ -78,7 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   except DivergedError:  # say what the workdir holds, then the error
     if parallel.is_primary():
       _log_summary(workdir, "diverged (nothing after the latest checkpoint was kept)", start,
-                   ckpt.latest_step() or start, total, time.perf_counter() - t0, evaluator)
+                   ckpt.latest_step() or start, total, time.perf_counter() - t0, evaluator,
+                   notes)
     raise
   finally:
     ckpt.close()
@@ -91,7 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       metrics.plot_eval(csv_path, os.path.join(workdir, "quality.png"), evaluator.metric,
                         evaluator.floor)
     _log_summary(workdir, ended, start, int(state.step), total, time.perf_counter() - t0,
-                 evaluator)
+                 evaluator, notes)
   return state
 
 
@@ -117,10 +124,11 @@ def _compile_init_meanwhile(gan: steps.GAN, mesh: jax.sharding.Mesh,
 
 
 def _log_summary(workdir: str, ended: str, start: int, done: int, total: int, seconds: float,
-                 evaluator: "evaluation.DuringTraining | None") -> None:
+                 evaluator: "evaluation.DuringTraining | None", notes: tuple[str, ...]) -> None:
   """Logs run_summary.summary: how the run ended, its quality, files and next commands."""
   logging.info("%s", run_summary.summary(workdir, ended, start, done, total, seconds,
-                                         evaluator.metric if evaluator is not None else None))
+                                         evaluator.metric if evaluator is not None else None,
+                                         notes))
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, gan: steps.GAN,

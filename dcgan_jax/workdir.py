@@ -9,7 +9,7 @@ import ml_collections
 from absl import logging
 
 from dcgan_jax import checkpoint, configuration, errors, steps
-from dcgan_jax.errors import UsageError
+from dcgan_jax.errors import UsageError, given
 
 CHECKPOINTS = "checkpoints"  # the latest checkpoints of the run
 BEST = "best"  # the best checkpoint by config.best_metric
@@ -38,7 +38,7 @@ def check_writable(workdir: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise UsageError(f"--workdir={workdir!r} cannot be written: {e.strerror or e}") from e
+    raise UsageError(f"{given('workdir', workdir)} cannot be written: {e.strerror or e}") from e
 
 
 def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -59,9 +59,9 @@ def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
     if field in saved and saved[field] != config[field]:
       value = saved[field]
       if len(str(value)) > configuration.MAX_SHOWN_CHARS:  # no config holds such a value
-        raise UsageError(f"--workdir={workdir} holds a run trained with another config.{field} "
+        raise UsageError(f"{given('workdir', workdir)} holds a run trained with another config.{field} "
                          "(its config.json): use another --workdir")
-      raise UsageError(f"--workdir={workdir} holds a run trained with config.{field}="
+      raise UsageError(f"{given('workdir', workdir)} holds a run trained with config.{field}="
                        f"{value!r} (its config.json), this config has {config[field]!r}: "
                        f"resume it with --config.{field}={value}, or use another --workdir")
 
@@ -112,7 +112,7 @@ def check_same_classes(workdir: str, class_names: tuple[str, ...], max_classes: 
   would change)."""
   saved = read_classes(workdir, max_classes)
   if saved is not None and saved != tuple(class_names):
-    raise UsageError(f"--workdir={workdir} holds a run trained on {len(saved)} classes "
+    raise UsageError(f"{given('workdir', workdir)} holds a run trained on {len(saved)} classes "
                      f"{configuration.shown(list(saved))} ({CLASSES}); the data has "
                      f"{len(class_names)}: {configuration.shown(list(class_names))}: use the "
                      "same data or another --workdir")
@@ -125,7 +125,7 @@ def class_names(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, .
     return ()
   names = read_classes(workdir, config.max_classes)
   if names is None:
-    raise UsageError(f"--workdir={workdir!r} holds a conditional run without its {CLASSES}")
+    raise UsageError(f"{given('workdir', workdir)} holds a conditional run without its {CLASSES}")
   return names
 
 
@@ -141,7 +141,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   or a stranger's)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise UsageError(f"--workdir={workdir!r} has no config.json: train there first")
+    raise UsageError(f"{given('workdir', workdir)} has no config.json: train there first")
   config = ml_collections.ConfigDict(_read_config_json(path))
   try:
     configuration.check_values(config)
@@ -166,20 +166,27 @@ def _read_config_json(path: str) -> dict:
   return {**configuration.ADDED_FIELD_DEFAULTS, **saved}
 
 
-def restore(workdir: str, which: str = "latest", ema: bool = False
+def use_ema(state: steps.TrainState, ema: bool | None) -> bool:
+  """Which generator a reader of a run gets: G's EMA where asked (ema=True) and, by default
+  (ema=None), where the run keeps one (its images are better: README, Results); G itself with
+  ema=False."""
+  return state.g_ema_params is not None if ema is None else ema
+
+
+def restore(workdir: str, which: str = "latest", ema: bool | None = False
             ) -> tuple[ml_collections.ConfigDict, steps.GAN, steps.TrainState, int]:
   """Restores (config, GAN, state, step) of the workdir's latest or best checkpoint; with
   ema=True, refuses a run that kept no EMA of G."""
   folder = checkpoint_dir(workdir, which)
   config = load_config(workdir)
   if not os.path.isdir(folder):
-    raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint ({folder} is missing)")
+    raise UsageError(f"{given('workdir', workdir)} has no {which} checkpoint ({folder} is missing)")
   gan = steps.gan_from_config(config, num_classes=num_classes(config, workdir))
   found = checkpoint.restore_newest(folder, steps.abstract_train_state(gan))
   if found is None:
-    raise UsageError(f"--workdir={workdir!r} has no {which} checkpoint to sample from")
+    raise UsageError(f"{given('workdir', workdir)} has no {which} checkpoint to sample from")
   state, step = found
   if ema and state.g_ema_params is None:
-    raise UsageError(f"--workdir={workdir!r} was trained without a generator EMA "
+    raise UsageError(f"{given('workdir', workdir)} was trained without a generator EMA "
                      "(config.g_ema_decay=0)")
   return config, gan, state, step

@@ -1,16 +1,19 @@
 """The public API: presets with checked overrides, fit, and a loaded run's images."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 import dcgan_jax
 from dcgan_jax import configuration, sampling
+from dcgan_jax import images as images_lib
 from dcgan_jax.errors import UsageError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -57,9 +60,14 @@ def run_dir(tmp_path_factory) -> str:
                                 log_every_steps=3, checkpoint_every_steps=3,
                                 sample_every_steps=3, num_sample_images=4, evaluator="",
                                 steps_per_dispatch=1, g_ema_decay=0.5)
-  state = dcgan_jax.fit(config, workdir)
-  assert int(state.step) == 3
-  assert dcgan_jax.fit(config, workdir).step == 3  # resumed: nothing left to train
+  run = dcgan_jax.fit(config, workdir)
+  assert isinstance(run, dcgan_jax.Run) and run.step == 3 and int(run.train_state.step) == 3
+  assert run.ema  # the run kept G's EMA: what it gives without asking
+  for a, b in zip(jax.tree.leaves(run.state.g_ema_params),
+                  jax.tree.leaves(run.train_state.g_ema_params)):
+    np.testing.assert_array_equal(a, b)  # the latest checkpoint is the final state
+  again = dcgan_jax.fit(config, workdir)  # resumed: nothing left to train
+  assert again.step == 3 and int(again.train_state.step) == 3
   return workdir
 
 
@@ -67,18 +75,75 @@ def run_dir(tmp_path_factory) -> str:
 def test_generate_and_interpolate_are_sample_modes_images(run_dir):
   run = dcgan_jax.load(run_dir)
   assert isinstance(run, dcgan_jax.Run) and run.step == 3 and run.config.ngf == 8
+  assert run.ema and run.train_state is None  # G's EMA by default, as sample mode's
   images = run.generate(5, seed=4, batch_size=4)
   assert images.shape == (5, 32, 32, 1) and images.dtype == np.uint8
   paths = sampling.sample_from_workdir(run_dir, seed=4, num_images=5, grid_size=4,
                                        interpolation_frames=5)
+  assert all("_ema" in os.path.basename(p) or "_ema" in p for p in paths)
   singles = [np.asarray(Image.open(p))[..., None] for p in paths[1:6]]
   np.testing.assert_array_equal(images, np.stack(singles))
   frames = run.interpolate(4, 5, frames=5, batch_size=4)
   strip = np.asarray(Image.open(paths[-1]))
   for i in range(5):
     np.testing.assert_array_equal(frames[i, ..., 0], strip[2:34, 2 + 34 * i:34 * (i + 1)])
-  ema = dcgan_jax.load(run_dir, ema=True).generate(5, seed=4, batch_size=4)
-  assert ema.shape == images.shape and not np.array_equal(ema, images)
+  np.testing.assert_array_equal(dcgan_jax.load(run_dir, ema=True).generate(5, 4, 4), images)
+  g = dcgan_jax.load(run_dir, ema=False)
+  assert not g.ema
+  g_images = g.generate(5, seed=4, batch_size=4)
+  assert g_images.shape == images.shape and not np.array_equal(g_images, images)
+  g_paths = sampling.sample_from_workdir(run_dir, seed=4, num_images=5, grid_size=4, ema=False)
+  assert "_ema" not in g_paths[0]
+  np.testing.assert_array_equal(
+      g_images, np.stack([np.asarray(Image.open(p))[..., None] for p in g_paths[1:6]]))
+
+
+@pytest.mark.slow
+def test_generate_takes_latents_and_the_variables_serve_a_users_own_code(run_dir):
+  run = dcgan_jax.load(run_dir)
+  z = sampling.fixed_noise(4, 5, run.config.nz, sampling.SAMPLE_SALT)
+  # the seed's own latents give the seed's images
+  np.testing.assert_array_equal(run.generate(z=z, batch_size=4), run.generate(5, 4, 4))
+  np.testing.assert_array_equal(run.generate(5, z=np.asarray(z, np.float64), batch_size=4),
+                                run.generate(5, 4, 4))
+  mine = np.random.default_rng(0).normal(size=(3, run.config.nz)).astype(np.float32)
+  x = run.generator.apply(run.g_variables, mine, train=False)  # a user's own call
+  assert x.shape == (3, 32, 32, 1) and float(np.abs(x).max()) <= 1.0
+  np.testing.assert_array_equal(run.generate(z=mine, bn_mode="eval"), images_lib.to_uint8(x))
+  assert run.g_variables["params"] is run.state.g_ema_params
+  g = dcgan_jax.load(run_dir, ema=False)
+  assert g.g_variables["params"] is g.state.g_params
+  nz = run.config.nz
+  for z_bad, message in ((np.zeros((2, nz + 1)), f"z: shape (2, {nz + 1}); latents are (N, nz)"),
+                         (np.zeros(nz), f"z: shape ({nz},)"),
+                         (np.zeros((0, nz)), "z: shape (0,"),
+                         (np.full((2, nz), np.nan), "z: holds a value that is not finite"),
+                         (np.full((2, nz), 1e300), "z: holds a value that is not finite"),
+                         (np.array([["a"] * nz]), "z: dtype <U1; latents are real numbers")):
+    with pytest.raises(UsageError, match=None) as e:
+      run.generate(z=z_bad)
+    assert str(e.value).startswith(message), str(e.value)
+  with pytest.raises(UsageError, match=r"n=4 with 5 latents z"):
+    run.generate(4, z=z)
+  with pytest.raises(UsageError, match=r"give n \(how many images\) or z"):
+    run.generate()
+
+
+@pytest.mark.slow
+def test_the_apis_errors_name_its_arguments_and_the_clis_its_flags(run_dir, tmp_path):
+  from dcgan_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  missing = str(tmp_path / "nothing")
+  with pytest.raises(UsageError) as e:
+    dcgan_jax.load(missing)
+  assert str(e.value) == f"workdir={missing!r} has no config.json: train there first"
+  with pytest.raises(UsageError) as e:
+    workdir_lib.restore(missing)  # the CLI's path
+  assert str(e.value) == f"--workdir={missing!r} has no config.json: train there first"
+  with pytest.raises(UsageError) as e:
+    dcgan_jax.load(run_dir).evaluate()
+  assert str(e.value) == (f"workdir={run_dir!r} was trained without an evaluator: give "
+                          "evaluator='classifier' (digits) or evaluator='inception' with "
+                          "inception_weights")
 
 
 @pytest.mark.slow
@@ -101,9 +166,41 @@ def test_bad_requests_name_the_value(run_dir):
 
 @pytest.mark.slow
 def test_evaluate_measures_the_checkpoint_as_the_run_does(run_dir):
-  run = dcgan_jax.load(run_dir)
+  run = dcgan_jax.load(run_dir, ema=False)
   values = run.evaluate(evaluator="classifier", num_samples=64)
   assert values["classifier_fid"] > 0 and 1 <= values["classes_present"] <= 10
   assert "ema_classifier_fid" in values  # the run kept G's EMA: measured beside G
   ema = dcgan_jax.load(run_dir, ema=True).evaluate(evaluator="classifier", num_samples=64)
   assert ema["classifier_fid"] == pytest.approx(values["ema_classifier_fid"], rel=1e-5)
+
+
+class _JaxOnAGpu:
+  """device.py's view of JAX in a kernel where JAX already runs on a GPU."""
+
+  def __getattr__(self, name):
+    return (lambda: "gpu") if name == "default_backend" else getattr(jax, name)
+
+
+@pytest.mark.slow
+def test_fit_where_jax_already_runs_on_a_gpu_with_the_other_setting_goes_on(
+    tmp_path, monkeypatch, caplog):
+  from dcgan_jax import device  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(device, "backends_started", lambda: True)
+  monkeypatch.setattr(device, "jax", _JaxOnAGpu())
+  monkeypatch.setenv("XLA_FLAGS", "")  # the kernel's JAX started without the flag
+  config = dcgan_jax.get_config(ngf=8, ndf=8, batch_size=16, num_train_steps=2,
+                                log_every_steps=2, checkpoint_every_steps=2,
+                                sample_every_steps=2, num_sample_images=4, evaluator="",
+                                steps_per_dispatch=1, deterministic=True)
+  workdir = tmp_path / "run"
+  with caplog.at_level("INFO"):
+    run = dcgan_jax.fit(config, str(workdir))
+  assert run.step == 2 and config.deterministic is True  # the caller's config is its own
+  assert json.loads((workdir / "config.json").read_text())["deterministic"] is False
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert any(w.startswith("config.deterministic=True cannot take effect: JAX already runs on "
+                          "the GPU") and "reruns and resumes are not bitwise equal" in w
+             for w in warnings), warnings
+  summary = next(r.getMessage() for r in caplog.records if "run finished" in r.getMessage())
+  assert ("note: config.deterministic=True could not take effect (JAX already ran on the GPU): "
+          "this run trained with False, as its config.json says") in summary

@@ -69,7 +69,8 @@ def test_epoch_runs_the_training_loop_over_every_image_once(tmp_path):
   assert first["steps"] == second["steps"] == 200 // 16  # one epoch, the partial batch dropped
   assert first["repeat"] == 0 and second["repeat"] == 1
   assert first["steps_per_dispatch"] == 4 and first["data_on_device"] is True
-  assert second["wall_s"] < first["wall_s"]  # the second finds its steps compiled
+  assert first["compilations"] >= 1 and second["compilations"] == 0  # found compiled
+  assert first["wall_s"] > 0 and second["wall_s"] > 0
   rate = second["loop_images_per_s"]
   assert rate > 0 and second["epoch_s_at_loop_rate"] == round(200 / rate, 2)
   assert os.listdir(tmp_path) == []  # the synthetic images and the workdirs are removed
@@ -152,8 +153,11 @@ def test_input_pipeline_benchmark_emits_every_stage():
   assert [line["bench"] for line in lines] == [
       "jpeg_decode_1core", "jpeg_decode_all_cores", "cache_build", "cache_hit",
       "cache_build_jpeg_draft", "feed_host", "feed_prefetch"]
-  for line in lines:
-    assert line.get("images_per_s", 1) > 0 and line.get("seconds", 0) >= 0
+  for line in lines:  # every stage reports its rate, or (the cache) its seconds
+    if line["bench"] == "cache_hit":
+      assert line["seconds"] >= 0 and "images_per_s" not in line
+    else:
+      assert line["images_per_s"] > 0
 
 
 @pytest.mark.parametrize("impl", ["torch-eager", "torch-compile"])

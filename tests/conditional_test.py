@@ -185,9 +185,30 @@ def test_a_conditional_run_on_the_digits_measures_its_class_accuracy(tmp_path, c
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values), column
     # 40 images, 4 of each class: a multiple of 1/40
     assert all(abs(v * 40 - round(v * 40)) < 1e-9 for v in values)
+  for column in ("classifier_intra_fid", "ema_classifier_intra_fid"):
+    values = [float(r[column]) for r in rows]
+    # an untrained G's digits are far from every class's real ones
+    assert len(values) == 2 and all(v > float(rows[0]["classifier_fid"]) * 0.1 for v in values)
   text = run_summary.summary(workdir, "finished", 0, 4, 4, 1.0, "ema_classifier_fid")
   assert f"class_accuracy of G: final {float(rows[-1]['class_accuracy']):.4f} at step 4" in text
   assert "ema_class_accuracy of G's EMA: final" in text
+  intra = float(rows[-1]["ema_classifier_intra_fid"])
+  assert f"ema_classifier_intra_fid of G's EMA: final {intra:.4g} at step 4" in text
+  from dcgan_jax import eval_run  # pylint: disable=g-import-not-at-top
+  report = eval_run.evaluate_workdir(workdir)
+  assert json.loads(open(os.path.join(workdir, "eval.json")).read()) == report
+  real, latest = report["results"]["real_held_out"], report["results"]["latest"]
+  assert real["class_accuracy"] > 0.9  # the classifier on real digits it never saw
+  for c in range(10):  # 40 generated images: 4 of each class, each class's figures
+    assert latest[f"class_accuracy_{c}"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+  for row in (real, latest):
+    figures = [row[f"classifier_intra_fid_{c}"] for c in range(10)
+               if f"classifier_intra_fid_{c}" in row]
+    assert len(figures) >= 5 and min(figures) >= 0.0
+    assert row["classifier_intra_fid"] == pytest.approx(np.mean(figures), rel=1e-12)
+  assert latest["ema_classifier_intra_fid"] > real["classifier_intra_fid"]
+  table = eval_run.format_report(report)
+  assert "classifier_intra_fid" in table and "classifier_intra_fid_3" not in table
 
 
 def _png(path):
@@ -202,7 +223,8 @@ def test_asking_for_classes_in_sample_mode_and_the_api(conditional_run, tmp_path
   shutil.copytree(base / "run", workdir)
   one = sampling.sample_from_workdir(str(workdir), grid_size=4, num_images=4, labels=(1,),
                                      interpolation_frames=3)
-  assert os.path.basename(one[0]) == "sample_step0000004_seed0_train_class1.png"
+  # G's EMA (the run keeps one), as the API's load gives
+  assert os.path.basename(one[0]) == "sample_step0000004_seed0_train_ema_class1.png"
   assert _png(one[0]).shape == (2 * 34 + 2, 2 * 34 + 2, 3)  # one class: a square grid
   run = dcgan_jax.load(str(workdir))
   assert run.class_names == ("ant", "bee", "cat")

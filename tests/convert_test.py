@@ -149,7 +149,7 @@ def test_import_sample_train_on_and_export(tmp_path):
         assert torch.equal(exported[key], value), key
   # Samples from the imported G, in eval mode, are the PyTorch G's outputs as 8-bit pixels.
   result = _run(str(ROOT / "main.py"), "--mode=sample", f"--workdir={workdir}", "--grid_size=4",
-                "--num_images=4", "--bn_mode=eval")
+                "--num_images=4", "--bn_mode=eval", "--noema")  # G itself, as PyTorch's
   assert result.returncode == 0, result.stderr[-2000:]
   z = np.array(sampling.fixed_noise(0, 4, 100, sampling.SAMPLE_SALT))  # a writable copy for torch
   net_g.eval()

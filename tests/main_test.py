@@ -130,6 +130,12 @@ def test_eval_mode_reports_latest_best_floor_and_untrained(tmp_path):
   assert (workdir / "samples" / f"sample_step{best_step:07d}_seed0_train_ema.png").exists()
   assert (workdir / "samples" /
           f"interpolation_step{best_step:07d}_seed0_train_ema_to_seed1.gif").exists()
+  for flag, name in ((None, "_train_ema.png"), ("--noema", "_train.png")):  # EMA by default
+    result = run_main("--mode=sample", f"--workdir={workdir}", "--grid_size=4", "--sample_seed=5",
+                      *([flag] if flag else []))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (workdir / "samples" / f"sample_step{results['latest']['step']:07d}_seed5{name}"
+            ).exists(), flag
 
 
 def test_eval_mode_needs_an_evaluator(tmp_path):

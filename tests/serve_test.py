@@ -86,10 +86,12 @@ def test_interpolation_strip(client):
 def test_best_checkpoint_and_ema(client, explorer):
   assert explorer.info()["checkpoints"] == {"latest": 4, "best": 2}
   assert explorer.info()["ema"] == ["best", "latest"]
-  latest = _png(client.get("/api/grid.png?seed=1&n=4"))
-  best = _png(client.get("/api/grid.png?seed=1&n=4&checkpoint=best"))
+  latest = _png(client.get("/api/grid.png?seed=1&n=4&ema=0"))
+  best = _png(client.get("/api/grid.png?seed=1&n=4&checkpoint=best&ema=0"))
   ema = _png(client.get("/api/grid.png?seed=1&n=4&ema=1"))
   assert not np.array_equal(latest, best) and not np.array_equal(latest, ema)
+  # without ema: G's EMA, where the run keeps one
+  np.testing.assert_array_equal(_png(client.get("/api/grid.png?seed=1&n=4")), ema)
 
 
 @pytest.mark.parametrize("query,message", [
@@ -294,7 +296,8 @@ def test_page_in_chromium_shows_a_new_seed(workdir, tmp_path):
   workdir = os.environ.get("DCGAN_JAX_SERVE_WORKDIR", workdir)
   with page_in_chromium(workdir) as (browser, _):
     first_url = wait_for(lambda: browser.execute_script(GRID_SHOWN), "the first grid")
-    assert "seed=0" in first_url
+    assert "seed=0" in first_url and "ema=1" in first_url  # G's EMA: the run keeps one
+    assert browser.find_element("id", "ema").is_selected()
     grid = browser.find_element("id", "grid")
     first = grid.screenshot_as_png
     browser.find_element("id", "new-seed").click()
