@@ -1,5 +1,6 @@
-"""Two processes on localhost (CPU collectives: gloo) train one run through main.py: both end
-with the same parameters, each reads only its half of every batch, only process 0 writes
+"""Two processes on localhost (CPU collectives: gloo) train one class-conditional run through
+main.py (each image's label travels with it to the process that reads it): both end with the
+same parameters, each reads only its half of every batch, only process 0 writes
 files besides checkpoints, and the run, resumed by both processes and then by one, equals a
 one-process run on the same global batch."""
 
@@ -67,7 +68,8 @@ _CONFIG = ["--config.image_size=32", "--config.ngf=8", "--config.ndf=8", "--conf
            "--config.batch_size=8", "--config.log_every_steps=2",
            "--config.checkpoint_every_steps=2", "--config.sample_every_steps=2",
            "--config.num_sample_images=4", "--config.seed=3", "--config.evaluator=classifier",
-           "--config.eval_every_steps=2", "--config.eval_num_samples=64"]
+           "--config.eval_every_steps=2", "--config.eval_num_samples=64",
+           "--config.conditional=True"]
 
 
 def _free_port() -> int:
@@ -145,7 +147,7 @@ def test_only_process_0_writes_files_besides_checkpoints(runs):
     return {p for p in record["written"]
             if not p.startswith(("checkpoints", "best", ".write_probe_"))}  # (the probe is removed)
   for steps, (first, second) in zip((2, 4), runs["record"]):
-    assert {"metrics.csv", "config.json", "losses.png", "samples.png",
+    assert {"metrics.csv", "config.json", "classes.json", "losses.png", "samples.png",
             f"samples/step_{steps:07d}.png"} <= outside_checkpoints(first)
     assert outside_checkpoints(second) == set()
   assert "resuming at step 2 of 4" in runs["stderr"][0] and "step 4" in runs["stderr"][0]
@@ -158,6 +160,7 @@ def test_process_0_evaluates_and_all_keep_the_same_best_checkpoint(runs):
   rows = runs["pair_rows"]
   best = min(rows, key=lambda r: float(r["classifier_fid"]))
   assert all(float(r["classifier_fid"]) > 0 for r in rows)
+  assert all(0 <= float(r["class_accuracy"]) <= 1 for r in rows)  # judged on the ten digits
   # The pair's best by step 4, unless the resumed step 6 beat it.
   kept = os.listdir(runs["tmp"] / "pair" / "best")
   six = _rows(runs["tmp"] / "pair")[-1]
@@ -169,7 +172,8 @@ def test_two_processes_compute_what_one_computes_and_one_resumes_their_run(runs)
   pair, single = _rows(runs["tmp"] / "pair"), _rows(runs["tmp"] / "single")
   assert [r["step"] for r in pair] == [r["step"] for r in single] == ["2", "4", "6"]
   for p, s in zip(pair, single):
-    for key in ("loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2", "classifier_fid"):
+    for key in ("loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2", "classifier_fid",
+                "class_accuracy"):
       assert float(p[key]) == pytest.approx(float(s[key]), rel=1e-4), (p["step"], key)
   resumed, straight = np.load(runs["tmp"] / "params_resumed.npy"), np.load(
       runs["tmp"] / "params_single.npy")

@@ -102,10 +102,12 @@ def test_feeding_options_give_the_same_run(six_step_run, tmp_path, fields):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
 
-def test_bfloat16_run_trains_with_float32_state(tmp_path):
+@pytest.mark.parametrize("conditional", [False, True])
+def test_bfloat16_run_trains_with_float32_state(tmp_path, conditional):
   config = tiny_config(4)
-  config.compute_dtype = "bfloat16"
+  config.compute_dtype, config.conditional = "bfloat16", conditional
   state = train.train_and_evaluate(config, str(tmp_path))
+  assert ("class_projection" in state.d_params) == conditional
   assert int(state.step) == 4
   assert all(x.dtype in (np.float32, np.int32, np.uint32) for x in jax.tree.leaves(state))
   rows = metrics.read_metrics(str(tmp_path / "metrics.csv"))
