@@ -20,7 +20,8 @@ ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "loss": "bce", "d_norm": "auto", "spectral_norm": False,
                         "gp_weight": 10.0, "r1_weight": 0.0, "d_steps_per_g_step": 1,
                         "diffaugment": "", "deterministic": False, "conditional": False,
-                        "max_classes": 1000}
+                        "max_classes": 1000, "classes": "", "init_from": "",
+                        "init_checkpoint": "latest", "init_g_ema": False}
 
 MAX_STEPS = 2**31 - 1  # the step counter is int32
 # Upper bounds of integer fields: what the program can honour on one machine.
@@ -46,6 +47,7 @@ def load_config_file(path: str = DEFAULT_CONFIG_FILE):
 
 
 MAX_SHOWN_CHARS = 100  # a longer value (a crafted config.json's) is not repeated whole
+MAX_TEXT_CHARS = 65_536  # free-text fields (class lists, paths)
 
 
 def shown(value) -> str:
@@ -128,6 +130,17 @@ def check_values(config) -> None:
     _require(c[field] <= high, field, c[field], f"is too large (at most {high:,})")
   _require(c.max_image_pixels > 0, "max_image_pixels", c.max_image_pixels, "must be positive")
   _require(c.max_classes >= 1, "max_classes", c.max_classes, "must be positive")
+  _require(len(c.classes) <= MAX_TEXT_CHARS, "classes", c.classes,
+           f"is too long (at most {MAX_TEXT_CHARS:,} characters)")
+  if c.classes:
+    asked = [t.strip() for t in c.classes.split(",")]
+    _require(all(asked), "classes", c.classes, "has an empty name: names or indices, "
+             "comma-separated")
+    _require(len(set(asked)) == len(asked), "classes", c.classes, "names a class twice")
+  _require(len(c.init_from) <= MAX_TEXT_CHARS, "init_from", c.init_from,
+           f"is too long (at most {MAX_TEXT_CHARS:,} characters)")
+  _require(c.init_checkpoint in ("latest", "best"), "init_checkpoint", c.init_checkpoint,
+           "is not 'latest' or 'best'")
   for field in ("adam_b1", "adam_b2", "label_smoothing"):
     _require(0.0 <= c[field] < 1.0, field, c[field], "must be in [0, 1)")
   _require(c.upconv_impl in ops.UPCONV_IMPLS, "upconv_impl", c.upconv_impl,

@@ -270,7 +270,8 @@ def export_from_workdir(workdir: str, out_dir: str, which: str = "latest",
 
   _, gan, state, _ = workdir_lib.restore(workdir, which, ema)
   if gan.num_classes:
-    raise UsageError(f"{given('workdir', workdir)} holds a class-conditional run ({gan.num_classes} "
+    raise UsageError(f"{given('workdir', workdir)} holds a class-conditional run "
+                     f"({gan.num_classes} "
                      "classes): the PyTorch tutorial's netG and netD have no class input, so "
                      "it cannot be exported as theirs")
   state = jax.device_get(state)

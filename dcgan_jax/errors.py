@@ -69,3 +69,9 @@ def given(name: str, value=None) -> str:
   if _IN_API.get():
     return name if value is None else f"{name}={value!r}"
   return f"--{name}" if value is None else f"--{name}={value!r}"
+
+
+def given_config(field: str, value) -> str:
+  """How a message names a config override: `--config.seed=3` on the command line,
+  `config.seed=3` in the Python API (inside api_names)."""
+  return f"config.{field}={value!r}" if _IN_API.get() else f"--config.{field}={value}"

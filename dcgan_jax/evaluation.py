@@ -116,20 +116,26 @@ class Evaluator:
   def __init__(self, extractor: Extractor, real_u8: np.ndarray, cache_dir: str,
                kid_subset_size: int = 1000, kid_subsets: int = 100,
                class_names: tuple[str, ...] = (), real_labels: np.ndarray | None = None):
-    """class_names: a conditional run's classes (the classifier judges the ten digits');
-    real_labels: the digits of real_u8, for the FID within each class (intra-FID)."""
+    """class_names: a conditional run's classes (the classifier judges digits: all ten or some
+    of them); real_labels: the labels (indices of class_names) of real_u8, for the FID within
+    each class (intra-FID)."""
     self.extractor = extractor
-    # class_accuracy: the classifier judges a conditional run on the ten digits
-    self.judges_classes = extractor.name == "classifier" and tuple(class_names) == DIGIT_CLASSES
+    self.class_names = tuple(class_names)
+    # class_accuracy: the classifier judges a conditional run on digits
+    self.judges_classes = (extractor.name == "classifier" and len(class_names) >= 2
+                           and set(class_names) <= set(DIGIT_CLASSES))
+    # label i's digit: what the classifier must answer for an image of class i
+    self.digit_of_label = (np.array([int(n) for n in class_names])
+                           if self.judges_classes else None)
     self.real_features = _cached_features(extractor, real_u8, cache_dir)
     self.real_stats = fid.feature_stats(self.real_features)
-    self.real_class_stats = {}  # class -> FeatureStats of its real images
+    self.real_class_stats = {}  # label -> FeatureStats of its real images
     if self.judges_classes and real_labels is not None:
       real_labels = np.asarray(real_labels)
       if real_labels.shape != (len(real_u8),):
         raise ValueError(f"real_labels: {real_labels.shape} for {len(real_u8)} images")
       self.real_class_stats = {c: fid.feature_stats(self.real_features[real_labels == c])
-                               for c in range(len(DIGIT_CLASSES))
+                               for c in range(len(class_names))
                                if np.sum(real_labels == c) >= 2}
     self.num_real = len(real_u8)
     self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
@@ -164,11 +170,11 @@ class Evaluator:
                  min_class_fraction=float(histogram.min()))
       if self.judges_classes and labels_N is not None:
         labels_N = np.asarray(labels_N)
-        hits = np.asarray(classes) == labels_N
+        hits = np.asarray(classes) == self.digit_of_label[labels_N]
         out["class_accuracy"] = float(hits.mean())
         if per_class:
-          out.update({f"class_accuracy_{c}": float(hits[labels_N == c].mean())
-                      for c in range(len(DIGIT_CLASSES)) if np.any(labels_N == c)})
+          out.update({f"class_accuracy_{name}": float(hits[labels_N == c].mean())
+                      for c, name in enumerate(self.class_names) if np.any(labels_N == c)})
         out.update(self._intra_fid(features, labels_N, per_class))
     return out
 
@@ -181,8 +187,27 @@ class Evaluator:
       return {}
     out = {f"{p}intra_fid": float(np.mean(list(within.values())))}
     if per_class:
-      out.update({f"{p}intra_fid_{c}": v for c, v in within.items()})
+      out.update({f"{p}intra_fid_{self.class_names[c]}": v for c, v in within.items()})
     return out
+
+
+def _embedded_digits_of_run(config: ml_collections.ConfigDict, num_images: int
+                            ) -> tuple[np.ndarray, np.ndarray] | None:
+  """The run's embedded digits as load_dataset gives them (config.classes' only, in order):
+  their labels (indices of the run's classes) and the classifier's held-out mask; None where
+  the data are not those digits."""
+  if config.dataset != "embedded":
+    return None
+  from dcgan_jax import classifier, input_pipeline  # pylint: disable=g-import-not-at-top
+  _, digits = input_pipeline.embedded_digits()
+  held_out = classifier.held_out_mask(digits)
+  labels = digits.astype(np.int32)
+  if config.classes:
+    chosen = input_pipeline.select_classes(config, DIGIT_CLASSES)
+    keep = np.isin(digits, chosen)
+    labels = np.searchsorted(np.asarray(chosen), digits[keep]).astype(np.int32)
+    held_out = held_out[keep]
+  return (labels, held_out) if len(labels) == num_images else None
 
 
 def reference_images(config: ml_collections.ConfigDict, data_u8: np.ndarray
@@ -190,41 +215,36 @@ def reference_images(config: ml_collections.ConfigDict, data_u8: np.ndarray
   """Returns (real images the samples are measured against, held-out real images or None).
 
   The embedded digits: the digit classifier's 4,000 training digits, and its 1,000 held-out
-  digits (the floor: real digits the reference does not contain). Other datasets: the
-  training images, and no held-out set. Each set is at most eval_num_samples images, chosen
-  by the seed.
+  digits (the floor: real digits the reference does not contain), of config.classes where it
+  names some. Other datasets: the training images, and no held-out set. Each set is at most
+  eval_num_samples images, chosen by the seed.
   """
-  if config.dataset == "embedded":
-    from dcgan_jax import classifier, input_pipeline  # pylint: disable=g-import-not-at-top
-    _, labels = input_pipeline.embedded_digits()
-    held_out = classifier.held_out_mask(labels)
-    if len(labels) == len(data_u8):
-      return (_seeded_subset(data_u8[~held_out], config.eval_num_samples, config.seed),
-              _seeded_subset(data_u8[held_out], config.eval_num_samples, config.seed))
+  run = _embedded_digits_of_run(config, len(data_u8))
+  if run is not None:
+    _, held_out = run
+    return (_seeded_subset(data_u8[~held_out], config.eval_num_samples, config.seed),
+            _seeded_subset(data_u8[held_out], config.eval_num_samples, config.seed))
   return np.asarray(_seeded_subset(data_u8, config.eval_num_samples, config.seed)), None
 
 
 def _embedded_labels(config: ml_collections.ConfigDict, num_images: int,
                      held_out: bool) -> np.ndarray | None:
-  if config.dataset != "embedded":
+  run = _embedded_digits_of_run(config, num_images)
+  if run is None:
     return None
-  from dcgan_jax import classifier, input_pipeline  # pylint: disable=g-import-not-at-top
-  _, labels = input_pipeline.embedded_digits()
-  if len(labels) != num_images:
-    return None
-  mask = classifier.held_out_mask(labels)
+  labels, mask = run
   return _seeded_subset(labels[mask if held_out else ~mask], config.eval_num_samples,
                         config.seed)
 
 
 def held_out_labels(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray | None:
-  """The digits of reference_images' held-out images (the same seeded choice), None where it
+  """The labels of reference_images' held-out images (the same seeded choice), None where it
   chooses none."""
   return _embedded_labels(config, num_images, held_out=True)
 
 
 def reference_labels(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray | None:
-  """The digits of reference_images' reference images (the same seeded choice), None where
+  """The labels of reference_images' reference images (the same seeded choice), None where
   they are not the embedded digits."""
   return _embedded_labels(config, num_images, held_out=False)
 

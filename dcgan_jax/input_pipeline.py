@@ -248,11 +248,16 @@ def load_images(config) -> np.ndarray:
 
 
 def load_dataset(config, classes: bool = False) -> Dataset:
-  """Returns the whole training set of `config`, its images from the cache; with classes, each
-  image's label and the class names (images that could not be decoded take theirs along)."""
-  source = make_source(config, classes)
+  """Returns the whole training set of `config` (only config.classes' images where it names
+  some), its images from the cache; with classes, each image's label and the class names
+  (images that could not be decoded take theirs along)."""
+  need_labels = classes or bool(config.classes)
+  source = make_source(config, need_labels)
+  chosen = select_classes(config, source.class_names) if config.classes else None
+  names = (source.class_names if chosen is None
+           else tuple(source.class_names[i] for i in chosen))
   if classes:  # before any image is decoded
-    check_class_count(config, source.class_names)
+    check_class_count(config, names)
   cached = image_cache.load_or_build(
       config.cache_dir or image_cache.default_cache_dir(), source.name, source.description,
       source.items, source.load, config.image_size, config.channels,
@@ -263,19 +268,49 @@ def load_dataset(config, classes: bool = False) -> Dataset:
                     len(source.items), "; ".join(cached.skipped[:5]))
   logging.info("%s cache %s: %s", "built" if cached.built else "reused", cached.path,
                cached.images.shape)
+  images, labels = cached.images, None
+  if need_labels:
+    if cached.dropped is None:  # a cache of an earlier version, which did not record them
+      raise UsageError(f"the image cache {cached.path} does not say which images it skipped: "
+                       "delete it (and its .json) to have it rebuilt")
+    labels = np.delete(source.labels, np.asarray(cached.dropped, np.int64))
+  if chosen is not None:
+    keep = np.isin(labels, chosen)
+    images = images[keep]  # the chosen classes' images, in the data's order
+    labels = np.searchsorted(np.asarray(chosen), labels[keep]).astype(np.int32)
+    logging.info("config.classes=%r: %d images of %d classes", config.classes, len(images),
+                 len(chosen))
   per_step = config.batch_size * config.d_steps_per_g_step
-  if len(cached.images) < per_step:
+  if len(images) < per_step:
     several = (f" x config.d_steps_per_g_step={config.d_steps_per_g_step} (an iteration's "
                "images)" if config.d_steps_per_g_step > 1 else "")
-    raise UsageError(f"config.dataset={config.dataset!r} has {len(cached.images)} readable "
-                     f"images, fewer than config.batch_size={config.batch_size}{several}")
+    of = f" of config.classes={config.classes!r}" if chosen is not None else ""
+    raise UsageError(f"config.dataset={config.dataset!r} has {len(images)} readable images"
+                     f"{of}, fewer than config.batch_size={config.batch_size}{several}")
   if not classes:
-    return Dataset(cached.images)
-  if cached.dropped is None:  # a cache of an earlier version, which did not record them
-    raise UsageError(f"the image cache {cached.path} does not say which images it skipped: "
-                     "delete it (and its .json) to have it rebuilt")
-  labels = np.delete(source.labels, np.asarray(cached.dropped, np.int64))
-  return Dataset(cached.images, labels, source.class_names)
+    return Dataset(images)
+  return Dataset(images, labels, names)
+
+
+def select_classes(config, class_names: Sequence[str]) -> list[int]:
+  """The indices (ascending) of config.classes among the data's classes: each entry a class's
+  name or, where no class has that name, its index; UsageError naming an entry the data has
+  not."""
+  chosen = []
+  for entry in (t.strip() for t in config.classes.split(",")):
+    if entry in class_names:
+      chosen.append(class_names.index(entry))
+    elif entry.isdigit() and int(entry) < len(class_names):
+      chosen.append(int(entry))
+    else:
+      listed = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
+      raise UsageError(f"config.classes: {entry[:100]!r} is not a class of "
+                       f"config.dataset={config.dataset!r} (its {len(class_names)} classes: "
+                       f"{listed})")
+  if len(set(chosen)) != len(chosen):
+    raise UsageError(f"config.classes={config.classes[:100]!r} names a class twice (by name "
+                     "and by index)")
+  return sorted(chosen)
 
 
 def check_class_count(config, class_names: Sequence[str]) -> None:

@@ -13,8 +13,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcgan_jax import (checkpoint, configuration, device, evaluation, images, input_pipeline,
-                       metrics, parallel, run_summary, sampling, steps, summaries)
+from dcgan_jax import (checkpoint, configuration, device, evaluation, images, init_from,
+                       input_pipeline, metrics, parallel, run_summary, sampling, steps,
+                       summaries)
 from dcgan_jax import workdir as workdir_lib
 from dcgan_jax.errors import DivergedError, UsageError
 
@@ -36,18 +37,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   workdir_lib.check_same_gan(config, workdir)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
+  source = None
+  if config.init_from and not checkpoint.step_numbers(workdir_lib.checkpoint_dir(workdir)):
+    source = init_from.load_source(config, workdir)  # a new run: its networks, checked
   dataset = _load_dataset(config)
   data = dataset.images
   if config.conditional:  # the classes' count was checked before the images were decoded
     workdir_lib.check_same_classes(workdir, dataset.class_names, config.max_classes)
   total = configuration.total_steps(config, len(data))
+  gan = steps.gan_from_config(config, mesh, len(dataset.class_names))
+  if source is not None:
+    init_from.check(config, gan, source)
   workdir_lib.check_writable(workdir)  # the first write, once every check has passed
   logging.info("training on %s%s", device.describe(),  # bad input is one line: said after it
                "" if config.deterministic else " (config.deterministic False: fastest kernels)")
   warning = device.cpu_build_warning()
   if warning:
     logging.warning("%s", warning)
-  gan = steps.gan_from_config(config, mesh, len(dataset.class_names))
   init_compiled = _compile_init_meanwhile(gan, mesh, workdir)
   evaluator = None
   try:
@@ -67,15 +73,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         "config.ngf and config.ndf, or config.image_size"):
       state, extra = checkpoint.restore_or_init(ckpt, gan, config.seed,
                                                 parallel.replicated(mesh))
+    if source is not None and not restored:
+      state = _start_from(config, gan, state, source, workdir)
     start = int(state.step)
     _check_dataset_size(extra, len(data), workdir)
     logging.info("%d images %s, %d steps per epoch; %s at step %d of %d", len(data),
                  data.shape[1:], len(data) // configuration.images_per_step(config),
                  "resuming" if restored else "starting", start, total)
     if parallel.is_primary():
-      workdir_lib.write_config(config, workdir)
+      workdir_lib.record_config(config, workdir, start)
       if config.conditional:
         workdir_lib.write_classes(workdir, dataset.class_names)
+    origin = init_from.read_record(workdir)
+    notes += (origin.line(),) if origin is not None else ()
     if start >= total:
       logging.info("nothing to train: the checkpoint is at step %d >= %d", start, total)
       return state
@@ -99,6 +109,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                         evaluator.floor)
     _log_summary(workdir, ended, start, int(state.step), total, time.perf_counter() - t0,
                  evaluator, notes)
+  return state
+
+
+def _start_from(config: ml_collections.ConfigDict, gan: steps.GAN, state: steps.TrainState,
+                source: init_from.Source, workdir: str) -> steps.TrainState:
+  """A new run's fresh state with config.init_from's networks in it; where it started is
+  logged and kept in WORKDIR/init_from.json."""
+  state, origin = init_from.start(config, gan, state, source)
+  logging.info("%s", origin.line())
+  if parallel.is_primary():
+    init_from.write_record(workdir, origin)
   return state
 
 

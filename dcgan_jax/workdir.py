@@ -9,7 +9,7 @@ import ml_collections
 from absl import logging
 
 from dcgan_jax import checkpoint, configuration, errors, steps
-from dcgan_jax.errors import UsageError, given
+from dcgan_jax.errors import UsageError, given, given_config
 
 CHECKPOINTS = "checkpoints"  # the latest checkpoints of the run
 BEST = "best"  # the best checkpoint by config.best_metric
@@ -20,6 +20,26 @@ _MAX_CLASS_NAME_CHARS = 1024
 _MAX_CLASSES_BYTES = 64 * 2**20
 # The GAN a run trains (docs/guide.md#gan-variants): a resumed run keeps its own.
 _GAN_FIELDS = ("loss", "r1_weight", "gp_weight", "d_steps_per_g_step", "diffaugment")
+# A run's batch, noise and start: a resumed run keeps them too (its data order and noise depend
+# on batch_size and seed).
+_RUN_FIELDS = ("batch_size", "seed", "init_from", "init_checkpoint", "init_g_ema")
+# Fields a resumed run may not change (refused in one line); all but the model's may while no
+# step is trained (an imported model's step 0).
+FIXED_ON_RESUME = _MODEL_FIELDS + _GAN_FIELDS + _RUN_FIELDS
+# Fields a resumed run may change: each change is logged and kept in config.json's "history"
+# with the step it took effect from. The data may change while its number of images stays (the
+# checkpoint records it); G's EMA, turned on, starts at G.
+CHANGEABLE_ON_RESUME = (
+    "num_train_steps", "num_epochs", "g_learning_rate", "d_learning_rate", "adam_b1",
+    "adam_b2", "adam_eps", "label_smoothing", "g_ema_decay", "log_every_steps",
+    "checkpoint_every_steps", "sample_every_steps", "num_sample_images",
+    "max_checkpoints_to_keep", "evaluator", "eval_every_steps", "eval_num_samples",
+    "inception_weights", "best_metric", "sample_bn_mode", "tensorboard", "dataset", "split",
+    "data_dir", "classes", "jpeg_draft", "max_image_pixels", "cache_dir", "strict_data",
+    "decode_workers", "prefetch_batches", "data_on_device", "steps_per_dispatch",
+    "num_devices", "compute_dtype", "upconv_impl", "downconv_impl", "deterministic",
+    "max_classes")
+HISTORY = "history"  # config.json's list of {"step": N, "changed": {field: [old, new]}}
 
 
 def checkpoint_dir(workdir: str, which: str = "latest") -> str:
@@ -42,10 +62,11 @@ def check_writable(workdir: str) -> None:
 
 
 def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir whose checkpoints are of another model or GAN variant (loss, penalties,
-  D steps, augmentation), as its config.json tells, before any work starts (the checkpoints'
-  own shapes are checked again as they restore). Length, learning rates, outputs and G's EMA
-  may change on resume, and the GAN may while no step is trained (an imported model's step 0)."""
+  """Refuses a workdir whose checkpoints are of another run, as its config.json tells, before
+  any work starts: another model, GAN variant (loss, penalties, D steps, augmentation), batch,
+  seed or start (FIXED_ON_RESUME; the checkpoints' own shapes are checked again as they
+  restore). CHANGEABLE_ON_RESUME may change (record_config keeps each change), and all but the
+  model may while no step is trained (an imported model's step 0)."""
   path = os.path.join(workdir, "config.json")
   stored = checkpoint.step_numbers(checkpoint_dir(workdir))
   if not stored or not os.path.isfile(path):
@@ -55,24 +76,55 @@ def check_same_gan(config: ml_collections.ConfigDict, workdir: str) -> None:
   except UsageError:
     logging.warning("%s cannot be read; the checkpoints' shapes will be checked", path)
     return
-  for field in _MODEL_FIELDS + (_GAN_FIELDS if max(stored) > 0 else ()):
+  fixed = FIXED_ON_RESUME if max(stored) > 0 else _MODEL_FIELDS
+  for field in fixed:
     if field in saved and saved[field] != config[field]:
       value = saved[field]
       if len(str(value)) > configuration.MAX_SHOWN_CHARS:  # no config holds such a value
-        raise UsageError(f"{given('workdir', workdir)} holds a run trained with another config.{field} "
-                         "(its config.json): use another --workdir")
+        raise UsageError(f"{given('workdir', workdir)} holds a run trained with another "
+                         f"config.{field} (its config.json): use another {given('workdir')}")
       raise UsageError(f"{given('workdir', workdir)} holds a run trained with config.{field}="
                        f"{value!r} (its config.json), this config has {config[field]!r}: "
-                       f"resume it with --config.{field}={value}, or use another --workdir")
+                       f"resume it with {given_config(field, value)}, or use another "
+                       f"{given('workdir')}")
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes workdir/config.json atomically."""
+def write_config(config: ml_collections.ConfigDict, workdir: str,
+                 history: list | None = None) -> None:
+  """Writes workdir/config.json atomically (with the run's history of changes, if any)."""
   path = os.path.join(workdir, "config.json")
+  saved = config.to_dict()
+  if history:
+    saved[HISTORY] = history
   with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
     with open(f"{path}.tmp", "w") as f:
-      json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+      json.dump(saved, f, indent=2, sort_keys=True)
     os.replace(f"{path}.tmp", path)
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> list[str]:
+  """Writes config.json for a run at `step`: a resumed run's changed fields (those
+  check_same_gan let through) are logged and appended to its history with the step they take
+  effect from. Returns the changes, a 'field old -> new' each."""
+  path = os.path.join(workdir, "config.json")
+  saved, history = {}, []
+  if step > 0 and os.path.isfile(path):
+    try:
+      with open(path) as f:
+        raw = json.load(f)
+      history = [h for h in raw.get(HISTORY, []) if isinstance(h, dict)]
+      saved = _read_config_json(path)
+    except (OSError, ValueError, UsageError, AttributeError):
+      logging.warning("%s cannot be read: it is written anew, without the run's history", path)
+  changed = {f: [saved[f], config[f]] for f in config.keys()
+             if f in saved and saved[f] != config[f]}
+  lines = [f"{f} {configuration.shown(a)} -> {configuration.shown(b)}"
+           for f, (a, b) in changed.items()]
+  if changed:
+    history.append({"step": step, "changed": changed})
+    logging.info("resuming at step %d with changed settings: %s", step, ", ".join(lines))
+  write_config(config, workdir, history)
+  return lines
 
 
 def write_classes(workdir: str, class_names: tuple[str, ...]) -> None:
@@ -115,7 +167,7 @@ def check_same_classes(workdir: str, class_names: tuple[str, ...], max_classes: 
     raise UsageError(f"{given('workdir', workdir)} holds a run trained on {len(saved)} classes "
                      f"{configuration.shown(list(saved))} ({CLASSES}); the data has "
                      f"{len(class_names)}: {configuration.shown(list(class_names))}: use the "
-                     "same data or another --workdir")
+                     f"same data or another {given('workdir')}")
 
 
 def class_names(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
@@ -160,6 +212,7 @@ def _read_config_json(path: str) -> dict:
     raise UsageError(f"{path} cannot be read as JSON ({type(e).__name__})") from e
   if not isinstance(saved, dict):
     raise UsageError(f"{path} is not a config: a JSON object is needed")
+  saved = {k: v for k, v in saved.items() if k != HISTORY}  # the changes a resume made
   odd = next((k for k in saved if not k.isidentifier()), None)  # ConfigDict refuses "a.b"
   if odd is not None:
     raise UsageError(f"{path}: {configuration.shown(odd)} is not a field of configs/default.py")

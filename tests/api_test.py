@@ -139,6 +139,13 @@ def test_the_apis_errors_name_its_arguments_and_the_clis_its_flags(run_dir, tmp_
   with pytest.raises(UsageError) as e:
     workdir_lib.restore(missing)  # the CLI's path
   assert str(e.value) == f"--workdir={missing!r} has no config.json: train there first"
+  config = dcgan_jax.get_config(ngf=8, ndf=8, batch_size=16, num_train_steps=3, evaluator="",
+                                g_ema_decay=0.5, seed=1)
+  with pytest.raises(UsageError) as e:
+    dcgan_jax.fit(config, run_dir)
+  assert str(e.value) == (f"workdir={run_dir!r} holds a run trained with config.seed=0 (its "
+                          "config.json), this config has 1: resume it with config.seed=0, or "
+                          "use another workdir")
   with pytest.raises(UsageError) as e:
     dcgan_jax.load(run_dir).evaluate()
   assert str(e.value) == (f"workdir={run_dir!r} was trained without an evaluator: give "

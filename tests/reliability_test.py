@@ -210,11 +210,9 @@ _VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(_VARIANTS))
-def test_each_variant_resumes_exactly_after_sigkill(name, tmp_path):
-  fields = _VARIANTS[name]
-  args = [*_RUN, "--config.num_train_steps=30",
-          *(f"--config.{k}={v}" for k, v in fields.items())]
+def sigkill_and_resume(tmp_path, args: list[str]) -> tuple[pathlib.Path, pathlib.Path]:
+  """Runs main.py with args uninterrupted (tmp_path/reference), and again (tmp_path/killed)
+  SIGKILLed right after its first checkpoint, then resumed to its end: the two workdirs."""
   reference = tmp_path / "reference"
   subprocess.run(_main(reference, *args), check=True, capture_output=True, timeout=900)
   workdir = tmp_path / "killed"
@@ -226,6 +224,15 @@ def test_each_variant_resumes_exactly_after_sigkill(name, tmp_path):
   result = subprocess.run(_main(workdir, *args), capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "resuming at step " in result.stderr
+  return reference, workdir
+
+
+@pytest.mark.parametrize("name", sorted(_VARIANTS))
+def test_each_variant_resumes_exactly_after_sigkill(name, tmp_path):
+  fields = _VARIANTS[name]
+  args = [*_RUN, "--config.num_train_steps=30",
+          *(f"--config.{k}={v}" for k, v in fields.items())]
+  reference, workdir = sigkill_and_resume(tmp_path, args)
   rows = _untimed_rows(workdir)
   assert rows == _untimed_rows(reference) and len(rows) == 6
   assert ("d_penalty" in rows[0]) == (name == "wgan_gp")

@@ -29,6 +29,17 @@ def get_config() -> ml_collections.ConfigDict:
   # (classes.json); sample grids show one row per class.
   config.conditional = False
   config.max_classes = 1000  # a conditional run refuses data with more classes than this
+  # Train on some of the data's classes only: their names or indices, comma-separated (e.g.
+  # "5,6,7,8,9" of the digits, "cat,dog" of an image folder's class folders); '' = all. A
+  # conditional run's classes are then these, in the data's order.
+  config.classes = ""
+  # Start a new run from networks it did not train (docs/guide.md#starting-from-a-trained-
+  # run): another run's workdir, or "NETG.pth,NETD.pth" (the PyTorch tutorial's files). Its G
+  # and D weights and BatchNorm statistics, with fresh optimizers at step 0, on data of the
+  # same image size and channels; a workdir with checkpoints resumes and never reads it.
+  config.init_from = ""
+  config.init_checkpoint = "latest"  # of an init_from workdir: 'latest' or 'best'
+  config.init_g_ema = False  # an init_from workdir's EMA of G becomes the new run's G
   # The decoded-image cache; '' = $XDG_CACHE_HOME/dcgan_jax or ~/.cache/dcgan_jax.
   config.cache_dir = ""
   config.strict_data = False  # unreadable images: False skips them (logged), True stops
