@@ -119,11 +119,9 @@ class Run:
     labels = self._labels(label, n)
     if self.gan.num_classes and labels is None:
       labels = np.resize(np.arange(self.gan.num_classes, dtype=np.int32), n)
-    if z is not None:
-      return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema,
-                                      labels)
-    if self.gan.num_classes:  # the singles of --mode sample: their own latents
+    if z is None and self.gan.num_classes:  # the singles of --mode sample: their own latents
       z = sampling.fixed_noise(seed, n, self.config.nz, sampling.SAMPLE_SALT)
+    if z is not None:
       return sampling.generate_images(self.gan, self.state, z, batch_size, bn_mode, self.ema,
                                       labels)
     z = sampling.fixed_noise(seed, max(n, batch_size), self.config.nz, sampling.SAMPLE_SALT)

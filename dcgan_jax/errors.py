@@ -4,6 +4,7 @@ the one way a failed write becomes such a line; and how a message names what the
 
 import contextlib
 import contextvars
+import json
 import os
 from collections.abc import Callable
 
@@ -39,6 +40,16 @@ def writing(path: str, undo: Callable[[], None] | None = None):
       with contextlib.suppress(OSError):
         undo()
     raise RunError(write_failure(path, e)) from None
+
+
+def write_json(path: str, value, **dump_options) -> None:
+  """Writes value as JSON to path atomically (a temporary file, then a rename): a reader sees
+  the old file or the new one, never half of one; a failed write is a RunError (writing)."""
+  tmp = f"{path}.tmp"
+  with writing(path, undo=lambda: os.remove(tmp)):
+    with open(tmp, "w") as f:
+      json.dump(value, f, **dump_options)
+    os.replace(tmp, path)
 
 
 def write_failure(path: str, e: OSError | None, errno_: int | None = None,

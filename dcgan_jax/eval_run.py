@@ -1,7 +1,6 @@
 """`--mode eval`: the metrics of a trained workdir's latest and best checkpoints, next to
 the same metrics of held-out real images (the floor) and of an untrained generator."""
 
-import json
 import os
 import re
 
@@ -62,11 +61,7 @@ def evaluate_workdir(workdir: str, evaluator: str | None = None,
   report = {"evaluator": config.evaluator, "generated_images": config.eval_num_samples,
             "reference_images": judge.num_real, "bn_mode": config.sample_bn_mode,
             "results": results}
-  path = os.path.join(workdir, "eval.json")
-  with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
-    with open(f"{path}.tmp", "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(f"{path}.tmp", path)
+  errors.write_json(os.path.join(workdir, "eval.json"), report, indent=2)
   return report
 
 

@@ -203,9 +203,8 @@ def _embedded_digits_of_run(config: ml_collections.ConfigDict, num_images: int
   held_out = classifier.held_out_mask(digits)
   labels = digits.astype(np.int32)
   if config.classes:
-    chosen = input_pipeline.select_classes(config, DIGIT_CLASSES)
-    keep = np.isin(digits, chosen)
-    labels = np.searchsorted(np.asarray(chosen), digits[keep]).astype(np.int32)
+    keep, labels = input_pipeline.keep_classes(
+        digits, input_pipeline.select_classes(config, DIGIT_CLASSES))
     held_out = held_out[keep]
   return (labels, held_out) if len(labels) == num_images else None
 

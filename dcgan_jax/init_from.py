@@ -129,9 +129,14 @@ def _from_pth(config: ml_collections.ConfigDict, net_g: str, net_d: str) -> Sour
   return Source(g["params"], g["batch_stats"], d["params"], d["batch_stats"], 0, origin)
 
 
+def _key(path) -> tuple[str, ...]:
+  """A leaf's path in a tree of dicts as names, e.g. ('Project4x4_0', 'kernel')."""
+  return tuple(getattr(k, "key", str(k)) for k in path)
+
+
 def _paths(tree: dict) -> dict[tuple[str, ...], np.ndarray]:
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {tuple(getattr(k, "key", str(k)) for k in path): leaf for path, leaf in flat}
+  return {_key(path): leaf for path, leaf in flat}
 
 
 def _plan(config: ml_collections.ConfigDict, what: str, fresh: dict, source: dict,
@@ -176,28 +181,33 @@ def _source_parts(source: Source) -> tuple:
   return (source.g_params, source.g_batch_stats, source.d_params, source.d_batch_stats)
 
 
-def check(config: ml_collections.ConfigDict, gan: steps.GAN, source: Source) -> tuple[str, ...]:
-  """Refuses (one line) a source whose networks do not fit gan's, before anything is written;
-  returns the parameters the new run has and the source has not."""
+def _plans(config: ml_collections.ConfigDict, gan: steps.GAN, state, source: Source
+           ) -> tuple[list[dict], tuple[str, ...]]:
+  """_plan of each of state's networks' trees (state: a TrainState, or its abstract shapes),
+  and the parameters the new run has and the source has not."""
   if source.num_classes and source.num_classes != gan.num_classes:
     raise _bad(config, f"its run is conditional on {source.num_classes} classes, this one on "
                        f"{gan.num_classes}")
   new: list[str] = []
-  abstract = steps.abstract_train_state(gan)
-  for (what, fresh), theirs in zip(_parts(abstract), _source_parts(source)):
-    _plan(config, what, fresh, theirs, new)
-  return tuple(new)
+  plans = [_plan(config, what, fresh, theirs, new)
+           for (what, fresh), theirs in zip(_parts(state), _source_parts(source))]
+  return plans, tuple(new)
+
+
+def check(config: ml_collections.ConfigDict, gan: steps.GAN, source: Source) -> tuple[str, ...]:
+  """Refuses (one line) a source whose networks do not fit gan's, on their shapes alone, before
+  anything is written; returns the parameters the new run has and the source has not."""
+  return _plans(config, gan, steps.abstract_train_state(gan), source)[1]
 
 
 def start(config: ml_collections.ConfigDict, gan: steps.GAN, state: steps.TrainState,
           source: Source) -> tuple[steps.TrainState, Origin]:
   """The fresh state of a new run with the source's networks in it: optimizer states fresh
   (Adam's moments of those networks), step 0, G's EMA equal to the G taken."""
-  new = check(config, gan, source)
-  fresh_parts = _parts(jax.device_get(state))
+  fresh_state = jax.device_get(state)
+  plans, new = _plans(config, gan, fresh_state, source)
   built = []
-  for (what, fresh), theirs in zip(fresh_parts, _source_parts(source)):
-    plan = _plan(config, what, fresh, theirs, [])
+  for plan, (_, fresh), theirs in zip(plans, _parts(fresh_state), _source_parts(source)):
     got, mine = _paths(theirs), _paths(fresh)
     leaves = {}
     for path, how in plan.items():
@@ -225,17 +235,13 @@ def start(config: ml_collections.ConfigDict, gan: steps.GAN, state: steps.TrainS
 
 def _unflatten(like: dict, leaves_by_path: dict) -> dict:
   flat, treedef = jax.tree_util.tree_flatten_with_path(like)
-  leaves = [leaves_by_path[tuple(getattr(k, "key", str(k)) for k in path)] for path, _ in flat]
+  leaves = [leaves_by_path[_key(path)] for path, _ in flat]
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def write_record(workdir: str, origin: Origin) -> None:
   """Writes WORKDIR/init_from.json (where the run started), atomically."""
-  path = os.path.join(workdir, RECORD)
-  with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
-    with open(f"{path}.tmp", "w") as f:
-      json.dump(dataclasses.asdict(origin), f, indent=2)
-    os.replace(f"{path}.tmp", path)
+  errors.write_json(os.path.join(workdir, RECORD), dataclasses.asdict(origin), indent=2)
 
 
 def read_record(workdir: str) -> Origin | None:

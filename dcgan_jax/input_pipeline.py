@@ -77,9 +77,14 @@ def _embedded_resource():
 
 def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
   """Returns the 5,000 MNIST digits (500 per class) that ship inside the package:
-  uint8 (5000, 28, 28) and their labels, uint8 (5000,); UsageError if the file is missing or
-  is not the one shipped."""
-  resource = _embedded_resource()
+  uint8 (5000, 28, 28) and their labels, uint8 (5000,), read-only (read and checked once per
+  process: a run's data and its evaluator's reference both use them); UsageError if the file
+  is missing or is not the one shipped."""
+  return _read_embedded(_embedded_resource())
+
+
+@functools.lru_cache(maxsize=1)
+def _read_embedded(resource) -> tuple[np.ndarray, np.ndarray]:
   try:
     with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
       images, labels = npz["images"], npz["labels"]
@@ -95,6 +100,7 @@ def embedded_digits() -> tuple[np.ndarray, np.ndarray]:
   if digest != EMBEDDED_SHA256:
     raise UsageError(f"the embedded digits {resource}: SHA-256 {digest[:12]}..., not the "
                      f"shipped {EMBEDDED_SHA256[:12]}...; reinstall dcgan-jax")
+  images.flags.writeable = labels.flags.writeable = False  # shared by every caller
   return images, labels
 
 
@@ -275,9 +281,8 @@ def load_dataset(config, classes: bool = False) -> Dataset:
                        "delete it (and its .json) to have it rebuilt")
     labels = np.delete(source.labels, np.asarray(cached.dropped, np.int64))
   if chosen is not None:
-    keep = np.isin(labels, chosen)
+    keep, labels = keep_classes(labels, chosen)
     images = images[keep]  # the chosen classes' images, in the data's order
-    labels = np.searchsorted(np.asarray(chosen), labels[keep]).astype(np.int32)
     logging.info("config.classes=%r: %d images of %d classes", config.classes, len(images),
                  len(chosen))
   per_step = config.batch_size * config.d_steps_per_g_step
@@ -290,6 +295,13 @@ def load_dataset(config, classes: bool = False) -> Dataset:
   if not classes:
     return Dataset(images)
   return Dataset(images, labels, names)
+
+
+def keep_classes(labels_N: np.ndarray, chosen: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """Which of N labels are of the chosen classes (ascending indices), and those labels as
+  indices of the chosen (int32): the labels of a run on config.classes."""
+  keep = np.isin(labels_N, chosen)
+  return keep, np.searchsorted(np.asarray(chosen), labels_N[keep]).astype(np.int32)
 
 
 def select_classes(config, class_names: Sequence[str]) -> list[int]:

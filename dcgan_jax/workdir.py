@@ -96,10 +96,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str,
   saved = config.to_dict()
   if history:
     saved[HISTORY] = history
-  with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
-    with open(f"{path}.tmp", "w") as f:
-      json.dump(saved, f, indent=2, sort_keys=True)
-    os.replace(f"{path}.tmp", path)
+  errors.write_json(path, saved, indent=2, sort_keys=True)
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> list[str]:
@@ -110,11 +107,8 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
   saved, history = {}, []
   if step > 0 and os.path.isfile(path):
     try:
-      with open(path) as f:
-        raw = json.load(f)
-      history = [h for h in raw.get(HISTORY, []) if isinstance(h, dict)]
-      saved = _read_config_json(path)
-    except (OSError, ValueError, UsageError, AttributeError):
+      saved, history = _read_config_file(path)
+    except UsageError:
       logging.warning("%s cannot be read: it is written anew, without the run's history", path)
   changed = {f: [saved[f], config[f]] for f in config.keys()
              if f in saved and saved[f] != config[f]}
@@ -130,11 +124,7 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
 def write_classes(workdir: str, class_names: tuple[str, ...]) -> None:
   """Writes a conditional run's class names (label i is class_names[i]) into workdir/classes.json,
   atomically."""
-  path = os.path.join(workdir, CLASSES)
-  with errors.writing(path, undo=lambda: os.remove(f"{path}.tmp")):
-    with open(f"{path}.tmp", "w") as f:
-      json.dump(list(class_names), f, indent=1)
-    os.replace(f"{path}.tmp", path)
+  errors.write_json(os.path.join(workdir, CLASSES), list(class_names), indent=1)
 
 
 def read_classes(workdir: str, max_classes: int) -> tuple[str, ...] | None:
@@ -205,6 +195,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def _read_config_json(path: str) -> dict:
   """A config.json's fields, those added since it was written filled in with the values that
   reproduce its run; UsageError when it is not JSON or not a JSON object."""
+  return _read_config_file(path)[0]
+
+
+def _read_config_file(path: str) -> tuple[dict, list[dict]]:
+  """A config.json's fields (as _read_config_json gives them) and its history of changes (the
+  entries that are JSON objects; [] where it has none, or none that is a list)."""
   try:
     with open(path) as f:
       saved = json.load(f)
@@ -212,11 +208,12 @@ def _read_config_json(path: str) -> dict:
     raise UsageError(f"{path} cannot be read as JSON ({type(e).__name__})") from e
   if not isinstance(saved, dict):
     raise UsageError(f"{path} is not a config: a JSON object is needed")
-  saved = {k: v for k, v in saved.items() if k != HISTORY}  # the changes a resume made
+  history = saved.pop(HISTORY, [])  # the changes a resume made
+  history = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
   odd = next((k for k in saved if not k.isidentifier()), None)  # ConfigDict refuses "a.b"
   if odd is not None:
     raise UsageError(f"{path}: {configuration.shown(odd)} is not a field of configs/default.py")
-  return {**configuration.ADDED_FIELD_DEFAULTS, **saved}
+  return {**configuration.ADDED_FIELD_DEFAULTS, **saved}, history
 
 
 def use_ema(state: steps.TrainState, ema: bool | None) -> bool:
