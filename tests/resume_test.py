@@ -90,3 +90,17 @@ def test_a_field_that_may_not_change_is_refused(run, field, value):
                             f"{value!r}")
   assert (run / "config.json").read_bytes() == saved
   assert sorted(os.listdir(run / "checkpoints")) == ["4"]
+
+
+def test_a_hand_edited_history_that_is_not_a_list_is_set_aside(run, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(run, workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["history"] = 5
+  (workdir / "config.json").write_text(json.dumps(saved))
+  config = tiny_config(6)
+  config.checkpoint_every_steps = 4
+  train.train_and_evaluate(config, str(workdir))
+  assert json.loads((workdir / "config.json").read_text())["history"] == [
+      {"step": 4, "changed": {"num_train_steps": [4, 6]}}]
