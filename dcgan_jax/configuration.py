@@ -7,7 +7,7 @@ import os
 
 from dcgan_jax import augment, configs, losses, ops, steps
 from dcgan_jax.errors import UsageError
-from dcgan_jax.models import D_NORMS, SUPPORTED_IMAGE_SIZES
+from dcgan_jax.models import D_NORMS, SUPPORTED_IMAGE_SIZES, num_stride2_layers
 
 
 # Config fields added after the first release, with the values that reproduce runs made
@@ -21,7 +21,8 @@ ADDED_FIELD_DEFAULTS = {"downconv_impl": "auto", "compute_dtype": "float32",
                         "gp_weight": 10.0, "r1_weight": 0.0, "d_steps_per_g_step": 1,
                         "diffaugment": "", "deterministic": False, "conditional": False,
                         "max_classes": 1000, "classes": "", "init_from": "",
-                        "init_checkpoint": "latest", "init_g_ema": False}
+                        "init_checkpoint": "latest", "init_g_ema": False,
+                        "freeze_d_layers": 0}
 
 MAX_STEPS = 2**31 - 1  # the step counter is int32
 # Upper bounds of integer fields: what the program can honour on one machine.
@@ -207,6 +208,9 @@ def _validate_variants(c) -> None:
              "must be >= 0 and finite")
   _require(c.d_steps_per_g_step >= 1, "d_steps_per_g_step", c.d_steps_per_g_step,
            "must be >= 1")
+  blocks = num_stride2_layers(c.image_size)
+  _require(0 <= c.freeze_d_layers <= blocks, "freeze_d_layers", c.freeze_d_layers,
+           f"must be from 0 to {blocks} (D's strided blocks at image_size {c.image_size})")
   try:
     augment.parse(c.diffaugment)
   except ValueError as e:

@@ -83,6 +83,7 @@ class GAN:
   r1_weight: float = 0.0  # R1's gamma: gamma / 2 * E ||grad D(x)||^2 on real images
   d_steps: int = 1  # D updates per G update, each on its own real batch
   augment: tuple[str, ...] = ()  # DiffAugment policies (augment.POLICIES) of D's inputs
+  d_frozen: int = 0  # D's first d_frozen blocks keep their weights (FreezeD)
 
   @property
   def has_penalty(self) -> bool:
@@ -111,7 +112,7 @@ def gan_from_config(config: ml_collections.ConfigDict,
       batch_sharding=parallel.batch_sharding(mesh) if mesh is not None else None,
       loss=config.loss, gp_weight=config.gp_weight if config.loss == "wgan_gp" else 0.0,
       r1_weight=config.r1_weight, d_steps=config.d_steps_per_g_step,
-      augment=augment.parse(config.diffaugment))
+      augment=augment.parse(config.diffaugment), d_frozen=config.freeze_d_layers)
 
 
 def d_norm(config: ml_collections.ConfigDict) -> str:
@@ -236,7 +237,9 @@ def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array, j: 
 
   (_, (stats, real_logits, fake_logits, loss, penalty)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.d_params)
+  grads = zero_frozen_d(gan.d_frozen, grads)
   updates, opt_state = gan.d_opt.tx.update(grads, state.d_opt_state, state.d_params)
+  updates = zero_frozen_d(gan.d_frozen, updates)
   new_state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
                             d_batch_stats=stats, d_opt_state=opt_state)
   metrics = {"loss_d": loss,
@@ -245,6 +248,26 @@ def _d_update(gan: GAN, state: TrainState, real: jax.Array, fake: jax.Array, j: 
   if gan.has_penalty:
     metrics["d_penalty"] = penalty
   return new_state, metrics
+
+
+def frozen_d_modules(num_blocks: int) -> frozenset[str]:
+  """Names of the modules in D's first num_blocks blocks: each a strided convolution
+  (Conv_i) and the norm after it (BatchNorm_{i-1} or LayerNorm_{i-1}; block 0 has none)."""
+  convs = {f"Conv_{i}" for i in range(num_blocks)}
+  norms = {f"{norm}_{i - 1}" for i in range(1, num_blocks) for norm in ("BatchNorm", "LayerNorm")}
+  return frozenset(convs | norms)
+
+
+def zero_frozen_d(num_blocks: int, tree: PyTree) -> PyTree:
+  """D's gradients or updates with those of its first num_blocks blocks set to zero (FreezeD,
+  Mo et al. 2020: fine-tuning keeps D's lower layers). Zero gradients leave a fresh Adam's moments
+  at zero and let XLA drop the frozen kernels' gradients; zero updates keep the weights exact
+  also where Adam's moments are not (freezing turned on in a resumed run)."""
+  if not num_blocks:
+    return tree
+  names = frozen_d_modules(num_blocks)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if getattr(path[0], "key", None) in names else x, tree)
 
 
 def _earlier_d_updates(gan: GAN, state: TrainState, images_BxDxSxSxC_u8: jax.Array,

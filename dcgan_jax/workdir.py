@@ -38,7 +38,7 @@ CHANGEABLE_ON_RESUME = (
     "data_dir", "classes", "jpeg_draft", "max_image_pixels", "cache_dir", "strict_data",
     "decode_workers", "prefetch_batches", "data_on_device", "steps_per_dispatch",
     "num_devices", "compute_dtype", "upconv_impl", "downconv_impl", "deterministic",
-    "max_classes")
+    "max_classes", "freeze_d_layers")
 HISTORY = "history"  # config.json's list of {"step": N, "changed": {field: [old, new]}}
 
 

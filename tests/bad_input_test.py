@@ -70,6 +70,10 @@ CONFIG_VALUES = {
     "diffaugment_unknown": ({"diffaugment": "color,zoom"},
                             "config.diffaugment='color,zoom': 'zoom' is not one of color, "
                             "translation, cutout"),
+    "freeze_d_4_at_32": ({"freeze_d_layers": 4},
+                         "config.freeze_d_layers=4 must be from 0 to 3 (D's strided blocks at "
+                         "image_size 32)"),
+    "freeze_d_negative": ({"freeze_d_layers": -1}, "config.freeze_d_layers=-1 must be from 0"),
     "unknown_field": ({"num_steps": 100}, "config.num_steps is not a field of configs/default.py "
                                           "(did you mean num_train_steps?"),
 }

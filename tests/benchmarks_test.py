@@ -391,12 +391,18 @@ def test_hlo_writes_each_forms_compiled_step_and_what_it_calls(tmp_path):
   assert lines[0]["dilated_input_convolutions"] > 0 == lines[1]["dilated_input_convolutions"]
 
 
-def test_finetune_compares_a_fine_tuned_run_with_one_from_scratch(tmp_path):
+def _finetune(tmp_path, *args) -> dict:
   out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finetune.py"), "--tiny",
                         "--seeds", "0", "--steps", "10", "--pretrain-steps", "10",
-                        "--eval-every", "5", "--eval-samples", "64", "--keep", str(tmp_path)],
-                       capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+                        "--eval-every", "5", "--eval-samples", "64", "--keep", str(tmp_path),
+                        *args], capture_output=True, text=True, check=True, cwd=ROOT,
+                       timeout=600)
   [line] = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+  return line
+
+
+def test_finetune_compares_a_fine_tuned_run_with_one_from_scratch(tmp_path):
+  line = _finetune(tmp_path)
   assert line["benchmark"] == "finetune" and line["steps"] == 10
   assert [s for s, _ in line["scratch_curve"]] == [s for s, _ in line["finetune_curve"]] == [5, 10]
   assert line["scratch_final"] == line["scratch_curve"][-1][1]
@@ -406,3 +412,11 @@ def test_finetune_compares_a_fine_tuned_run_with_one_from_scratch(tmp_path):
   assert origin["init_from"] == str(tmp_path / "pretrain_0") and origin["weights"] == "G's EMA"
   config = json.loads((tmp_path / "scratch_0" / "config.json").read_text())
   assert config["classes"] == "5,6,7,8,9" and config["init_from"] == ""
+  assert line["freeze_d_layers"] == 0 and line["pretrain_steps"] == 10
+  # Again with FreezeD: only the new fine-tuned run trains; the kept runs are read.
+  kept = {p: p.read_bytes() for p in tmp_path.glob("*_0/metrics.csv")}
+  frozen = _finetune(tmp_path, "--freeze-d-layers", "1")
+  assert all(p.read_bytes() == kept[p] for p in kept)
+  assert frozen["freeze_d_layers"] == 1 and frozen["scratch_curve"] == line["scratch_curve"]
+  config = json.loads((tmp_path / "finetune_freeze1_0" / "config.json").read_text())
+  assert config["freeze_d_layers"] == 1 and config["init_from"] == str(tmp_path / "pretrain_0")

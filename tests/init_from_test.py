@@ -142,8 +142,9 @@ def _main(workdir, *args) -> list[str]:
 
 @pytest.mark.xla_default
 def test_a_sigkilled_fine_tuning_run_resumes_exactly(source, tmp_path):
+  """With D's first block frozen (FreezeD): it keeps the source's weights through the kill."""
   from reliability_test import _untimed_rows, sigkill_and_resume  # pylint: disable=g-import-not-at-top
-  reference, workdir = sigkill_and_resume(tmp_path, [*_SIGKILL_RUN,
+  reference, workdir = sigkill_and_resume(tmp_path, [*_SIGKILL_RUN, "--config.freeze_d_layers=1",
                                                      f"--config.init_from={source}"])
   assert _untimed_rows(workdir) == _untimed_rows(reference)
   assert json.loads((workdir / "init_from.json").read_text())["step"] == 4
@@ -156,6 +157,9 @@ def test_a_sigkilled_fine_tuning_run_resumes_exactly(source, tmp_path):
     finally:
       ckpt.close()
   assert trees_close(states[0], states[1])
+  _, _, src, _ = workdir_lib.restore(str(source))
+  assert trees_close(states[1].d_params["Conv_0"], src.d_params["Conv_0"])
+  assert not trees_close(states[1].d_params["Conv_1"], src.d_params["Conv_1"])
 
 
 def _damaged(source, tmp_path):

@@ -463,3 +463,35 @@ def test_conditional_generate_draws_the_asked_classes(state):
     assert a.shape == (3, 32, 32, 1) and not np.allclose(a, b)
   eval_a = steps.generate(gan, state, z, "eval", labels_B=jnp.array([0, 1, 2]))
   np.testing.assert_array_equal(eval_a[1], b[1])  # running averages: image 1 is its own
+
+
+@pytest.mark.parametrize("norm, frozen", [("batch", {"Conv_0", "Conv_1", "BatchNorm_0"}),
+                                          ("layer", {"Conv_0", "Conv_1", "LayerNorm_0"}),
+                                          ("none", {"Conv_0", "Conv_1"})])
+def test_frozen_d_blocks_keep_their_weights_and_the_rest_trains_as_in_an_unfrozen_step(
+    real_batch, norm, frozen):
+  gan = _variant(norm=norm)
+  state = steps.init_train_state(gan, 0)
+  assert frozen == steps.frozen_d_modules(2) & set(state.d_params)  # the names D's modules have
+  new, _ = jit_d_step(dataclasses.replace(gan, d_frozen=2), state, real_batch)
+  free, _ = jit_d_step(gan, state, real_batch)
+  mu = new.d_opt_state[0].mu
+  for name in state.d_params:
+    if name in frozen:  # the weights exactly, Adam's moments still zero
+      assert trees_close(new.d_params[name], state.d_params[name]), name
+      assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(mu[name])), name
+    else:  # the same gradients as an unfrozen step: the forward pass is the same
+      assert _all_differ(new.d_params[name], state.d_params[name]), name
+      _leaves_match(new.d_params[name], free.d_params[name])
+  assert trees_close(new.g_params, state.g_params)
+
+
+def test_freezing_d_blocks_of_a_trained_state_keeps_them_exactly(gan, state, real_batch):
+  """Adam's moments of a state trained unfrozen would still move the weights; the frozen
+  blocks' updates are zero whatever the moments (freezing turned on in a resumed run)."""
+  trained, _ = jit_d_step(gan, state, real_batch)
+  assert any(np.any(np.asarray(x)) for x in jax.tree.leaves(trained.d_opt_state[0].mu["Conv_0"]))
+  new, _ = jit_d_step(dataclasses.replace(gan, d_frozen=3), trained, real_batch[::-1])
+  for name in steps.frozen_d_modules(3) & set(state.d_params):
+    assert trees_close(new.d_params[name], trained.d_params[name]), name
+  assert _all_differ(new.d_params["Conv_3"], trained.d_params["Conv_3"])

@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ""
   config.init_checkpoint = "latest"  # of an init_from workdir: 'latest' or 'best'
   config.init_g_ema = False  # an init_from workdir's EMA of G becomes the new run's G
+  # D's first N blocks (a strided convolution and its norm) keep their weights: FreezeD (Mo et
+  # al. 2020), for fine-tuning from init_from; 0 = train all of D; at most 3, 4, 5 at 32, 64,
+  # 128 px (the logit layer, and a conditional D's class projection, always train).
+  config.freeze_d_layers = 0
   # The decoded-image cache; '' = $XDG_CACHE_HOME/dcgan_jax or ~/.cache/dcgan_jax.
   config.cache_dir = ""
   config.strict_data = False  # unreadable images: False skips them (logged), True stops
