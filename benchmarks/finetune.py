@@ -14,7 +14,7 @@ forget it). Workdirs already in --keep are resumed (finished ones only read), so
 with another --freeze-d-layers trains only its fine-tuned runs.
 
   python benchmarks/finetune.py --seeds 0,1 --keep runs/finetune --out finetune.jsonl
-  python benchmarks/finetune.py --seeds 0,1 --keep runs/finetune --freeze-d-layers 1
+  python benchmarks/finetune.py --seeds 0,1 --keep runs/finetune --freeze-d-layers 2
 """
 
 import argparse
@@ -74,7 +74,8 @@ def measure(seed: int, args, root: str) -> dict:
   return {"benchmark": "finetune", "seed": seed, "metric": METRIC,
           "pretrain_classes": args.pretrain_classes, "pretrain_steps": args.pretrain_steps,
           "pretrain_final": round(_curve(pretrained)[-1][2], 3),
-          "classes": args.classes, "steps": args.steps, "freeze_d_layers": frozen, "scratch_final": round(target, 3),
+          "classes": args.classes, "steps": args.steps, "freeze_d_layers": frozen,
+          "scratch_final": round(target, 3),
           "finetune_final": round(tuned_curve[-1][2], 3),
           "finetune_steps_to_scratch_final": reached[0],
           "finetune_train_s_to_scratch_final": None if reached[1] is None
